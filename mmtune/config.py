@@ -1,0 +1,287 @@
+"""Typed configuration: dataclass defaults -> YAML file -> `key.path=value` overrides.
+
+Every config is a tree of dataclasses. Loading is strict: an unknown key or a value of the
+wrong type is an error that names the key path and the file it came from, so a typo never
+silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Check / convert a YAML value to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: null is not allowed here")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _convert(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, str):  # YAML reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                _fail(where, tp, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(where, tp, value)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(where, tp, value)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(where, tp, value)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(where, tp, value)
+        return value
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    return value
+
+
+def _fail(where: str, tp: Any, value: Any):
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys are errors naming their path."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(fields)}"
+        )
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["train.lr=1e-3", "stages.pretrain.max_steps=10"]` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+         base: dict | None = None) -> T:
+    """Defaults of `cls` <- optional `base` dict <- YAML at `path` <- `overrides`."""
+    data = dict(base or {})
+    where = "config"
+    if path is not None:
+        data = merge(data, load_yaml(path))
+        where = str(path)
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    return from_dict(cls, data, where)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------
+# The configs themselves. Defaults live here and only here.
+# ---------------------------------------------------------------------------------------
+from dataclasses import dataclass, field  # noqa: E402
+
+
+@dataclass
+class EncoderConfig:
+    """A media encoder. `type` is a name in `mmtune.registry.ENCODERS`."""
+
+    type: str = "hf_clip"
+    path: str | None = None  # local checkpoint dir (HF), or open_clip pretrained tag / file
+    arch: dict[str, Any] = field(default_factory=dict)  # HF config kwargs or open_clip model name
+    select_layer: int = -2  # LLaVA uses the penultimate layer's hidden states
+    drop_cls: bool = True  # LLaVA's "patch" feature selection drops the CLS token
+    trainable: bool = False
+    image_pad: bool = True  # LLaVA-1.5 pads to a square with the mean colour before resizing
+
+
+@dataclass
+class ProjectorConfig:
+    """Maps encoder features to the LLM width. `type` is a name in `PROJECTORS`."""
+
+    type: str = "mlp2x_gelu"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0  # 0 disables LoRA
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class LLMConfig:
+    path: str | None = None  # HF model dir; None builds from `arch` at random init
+    arch: dict[str, Any] = field(default_factory=dict)  # HF config kwargs incl. model_type
+    dtype: str = "float32"
+    quantize: str | None = None  # "nf4" loads 4-bit weights through bitsandbytes
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class TokenizerConfig:
+    # "auto": AutoTokenizer from `path` (or the LLM's path);
+    # "synthetic": mmtune's word-level tokenizer over its synthetic tasks' vocabulary.
+    type: str = "auto"
+    path: str | None = None
+    chat_template: str | None = None  # a name in mmtune.data.chat.TEMPLATES; None = tokenizer's own
+
+
+@dataclass
+class ModelConfig:
+    preset: str | None = None  # zoo name whose fields sit under the ones given here
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # modality -> encoder
+    projectors: dict[str, ProjectorConfig] = field(default_factory=dict)  # modality -> projector
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what it trains, on what, how fast."""
+
+    data: str = "train.jsonl"  # relative to the run's data dir
+    train: list[str] = field(default_factory=lambda: ["projector"])  # projector|llm|encoder
+    lr: float = 1e-3
+    max_steps: int = 100
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    batch_size: int = 8
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    task: str = "conversation"  # "caption": LLaVA alignment pretraining (instruction text dropped)
+    chat_template: str | None = None  # a name in mmtune.data.chat.TEMPLATES; None = tokenizer's
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (as accelerate names them)
+    max_length: int = 512
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end of a stage
+    on_bad_sample: str = "error"  # error | skip
+    num_workers: int = 0
+    threads: int = 0  # torch threads on CPU; 0 keeps torch's default
+
+
+@dataclass
+class EvalConfig:
+    data: str = "test.jsonl"
+    max_new_tokens: int = 8
+    batch_size: int = 64
+    limit: int = 0  # 0: all questions
+    separate_splits: list[str] = field(default_factory=list)  # scored, but outside `accuracy`
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data_dir: str | None = None
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,97 @@
+"""Chat templates and the labels that go with them.
+
+A conversation is rendered with a Jinja chat template (the tokenizer's own, or a named one
+below). Which characters belong to each assistant turn is found by rendering the prefix up
+to that turn with the generation prompt and the prefix including the turn: the difference
+is the answer plus its end-of-turn token. Tokens overlapping those character spans carry
+loss; nothing else does. This works for any prefix-stable template without per-template
+code, and is checked, not assumed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+def _user_assistant(default_system: str | None) -> str:
+    """Vicuna v1 / LLaVA v1 layout: `SYS USER: q ASSISTANT: a</s>USER: ...`."""
+    system = (f"{{% if messages[0].role == 'system' %}}{{{{ messages[0].content }}}} "
+              f"{{% else %}}{default_system} {{% endif %}}" if default_system else
+              "{% if messages[0].role == 'system' %}{{ messages[0].content }} {% endif %}")
+    return ("{{ bos_token }}" + system +
+            "{% for m in messages %}{% if m.role == 'user' %}USER: {{ m.content }} "
+            "{% elif m.role == 'assistant' %}ASSISTANT: {{ m.content }}{{ eos_token }}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+TEMPLATES: dict[str, str] = {
+    # LLaVA-1.5 / Vicuna-1.1 conversation template (LLaVA's `conv_vicuna_v1`).
+    "llava_v1": _user_assistant(LLAVA_SYSTEM),
+    # The same layout without a default system prompt (mmtune's tiny tokenizer uses it).
+    "user_assistant": _user_assistant(None),
+    # LLaVA's feature-alignment stage: media then caption, no instruction, no roles.
+    "plain": ("{% for m in messages %}{% if m.role == 'assistant' %}{{ m.content }}{{ eos_token }}"
+              "{% elif m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}"),
+    "chatml": ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+}
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None) -> str:
+    if name is not None:
+        if name not in TEMPLATES:
+            raise TemplateError(f"unknown chat template {name!r}; known: {', '.join(TEMPLATES)}")
+        return TEMPLATES[name]
+    if not tokenizer.chat_template:
+        raise TemplateError("the tokenizer has no chat template; set model.tokenizer.chat_template "
+                            f"to one of {', '.join(TEMPLATES)}")
+    return tokenizer.chat_template
+
+
+def _render(tokenizer, messages: list[dict], template: str, gen: bool) -> str:
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                         add_generation_prompt=gen)
+
+
+@dataclass
+class Rendered:
+    text: str
+    assistant_spans: list[tuple[int, int]]  # character ranges that carry loss
+
+
+def render(tokenizer, messages: list[dict], template: str) -> Rendered:
+    """Full conversation text and the character spans of every assistant turn."""
+    text = _render(tokenizer, messages, template, gen=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], template, gen=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1], template, gen=False)
+        if not upto.startswith(prompt) or not text.startswith(upto):
+            raise TemplateError("chat template is not prefix-stable: a turn renders differently "
+                                "depending on what follows it, so labels cannot be placed")
+        spans.append((len(prompt), len(upto)))
+    return Rendered(text, spans)
+
+
+def render_prompt(tokenizer, messages: list[dict], template: str) -> str:
+    """Text up to and including the generation prompt, for answering `messages`' last user turn."""
+    return _render(tokenizer, messages, template, gen=True)
+
+
+def tokenize_with_labels(tokenizer, rendered: Rendered) -> tuple[list[int], list[bool]]:
+    """Token ids, and for each token whether it overlaps an assistant span (carries loss)."""
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    supervised = []
+    for start, end in enc["offset_mapping"]:
+        supervised.append(any(start < e and end > s for s, e in rendered.assistant_spans))
+    return enc["input_ids"], supervised

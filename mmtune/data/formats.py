@@ -1,0 +1,238 @@
+"""Readers that turn common instruction-data shapes into mmtune records.
+
+An mmtune record is one JSON object per line:
+
+    {"id": str, "messages": [{"role": "user"|"assistant"|"system", "content": str}, ...],
+     "images": [path, ...], "videos": [...], "audios": [...], "meta": {...}}
+
+Media keys are omitted when empty and "meta" is optional. Each medium appears in the message
+text as a placeholder (`<image>`, `<video>`, `<audio>`), one per file, in order; media paths are
+relative to the JSONL file's directory unless absolute.
+
+Every reader takes `where` (e.g. "data.jsonl:12" or "data.json[3]") and puts it in its
+errors, so a bad item among hundreds of thousands can be found and fixed by hand.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+ROLES = ("user", "assistant", "system")
+MEDIA = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
+
+# "from" values seen in LLaVA / ShareGPT files, mapped to our roles.
+_LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+_SHAREGPT_ROLES = {**_LLAVA_ROLES, "user": "user", "assistant": "assistant"}
+
+
+def _field(sample: dict, key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
+    """sample[key], checked for presence and type, or a ValueError naming `where` and `key`."""
+    if not isinstance(sample, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(sample).__name__}")
+    if key not in sample:
+        raise ValueError(f"{where}: missing field {key!r}")
+    value = sample[key]
+    if not isinstance(value, kind):
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ValueError(f"{where}: field {key!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def _record_id(sample: dict, where: str) -> str:
+    """The item's own id (LLaVA ids may be ints); the source location when there is none."""
+    if "id" not in sample:
+        return where
+    return str(_field(sample, "id", where, (str, int)))
+
+
+def _turns(turns: list, where: str, field: str, role_key: str, text_key: str,
+           roles: dict[str, str]) -> list[dict[str, str]]:
+    """Convert a list of {role_key, text_key} turns using the `roles` name mapping."""
+    if not turns:
+        raise ValueError(f"{where}: field {field!r} is empty")
+    messages = []
+    for i, turn in enumerate(turns):
+        at = f"{where}: {field}[{i}]"
+        role = _field(turn, role_key, at)
+        if role not in roles:
+            raise ValueError(f"{at}: field {role_key!r} is {role!r}; expected one of {sorted(roles)}")
+        messages.append({"role": roles[role], "content": _field(turn, text_key, at)})
+    return messages
+
+
+def _make(id_: str, messages: list[dict[str, str]], where: str, media: dict[str, list[str]],
+          meta: dict | None = None) -> dict:
+    """Assemble a record in canonical key order and check its placeholders match its media."""
+    record: dict[str, Any] = {"id": id_, "messages": messages}
+    for key in MEDIA:
+        paths = media.get(key) or []
+        for i, p in enumerate(paths):
+            if not isinstance(p, str) or not p:
+                raise ValueError(f"{where}: field {key!r}[{i}] must be a non-empty string path")
+        n = sum(m["content"].count(MEDIA[key]) for m in messages)
+        if n != len(paths):
+            raise ValueError(f"{where}: {n} {MEDIA[key]} placeholder(s) in the messages but "
+                             f"{len(paths)} file(s) in {key!r}")
+        if paths:
+            record[key] = list(paths)
+    if meta:
+        record["meta"] = meta
+    return record
+
+
+def from_llava(sample: dict, where: str) -> dict:
+    """LLaVA item {"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}]}.
+
+    LLaVA already puts "<image>" in the first human turn and it is kept where it is; when an
+    image is given without one, "<image>\\n" is prepended to the first user turn so the image
+    still has a place in the text.
+    """
+    messages = _turns(_field(sample, "conversations", where, list), where, "conversations",
+                      "from", "value", _LLAVA_ROLES)
+    images = []
+    if "image" in sample:
+        images = [_field(sample, "image", where)]
+        if not any("<image>" in m["content"] for m in messages):
+            first_user = next((m for m in messages if m["role"] == "user"), None)
+            if first_user is None:
+                raise ValueError(f"{where}: field 'conversations' has no human turn to hold <image>")
+            first_user["content"] = "<image>\n" + first_user["content"]
+    return _make(_record_id(sample, where), messages, where, {"images": images})
+
+
+def from_sharegpt(sample: dict, where: str) -> dict:
+    """ShareGPT {"conversations": [{"from", "value"}]}, or {"messages": [{"role", "content"}]}.
+
+    Optional "images"/"videos"/"audios" lists (as in LLaMA-Factory's multimodal ShareGPT) are kept.
+    """
+    if "conversations" in sample or "messages" not in sample:
+        messages = _turns(_field(sample, "conversations", where, list), where, "conversations",
+                          "from", "value", _SHAREGPT_ROLES)
+    else:
+        messages = _turns(_field(sample, "messages", where, list), where, "messages",
+                          "role", "content", {r: r for r in ROLES})
+    media = {k: _field(sample, k, where, list) for k in MEDIA if k in sample}
+    return _make(_record_id(sample, where), messages, where, media)
+
+
+def from_alpaca(sample: dict, where: str) -> dict:
+    """Alpaca {"instruction", "input"?, "output"}: one user turn, one assistant turn."""
+    user = _field(sample, "instruction", where)
+    extra = _field(sample, "input", where) if sample.get("input") is not None else ""
+    if extra:
+        user += "\n\n" + extra
+    messages = [{"role": "user", "content": user},
+                {"role": "assistant", "content": _field(sample, "output", where)}]
+    return _make(_record_id(sample, where), messages, where, {})
+
+
+def from_mmtune(sample: dict, where: str) -> dict:
+    """An mmtune record, validated and returned in canonical form (empty media keys dropped)."""
+    messages = _turns(_field(sample, "messages", where, list), where, "messages",
+                      "role", "content", {r: r for r in ROLES})
+    media = {k: _field(sample, k, where, list) for k in MEDIA if k in sample}
+    meta = _field(sample, "meta", where, dict) if "meta" in sample else None
+    unknown = set(sample) - {"id", "messages", "meta", *MEDIA}
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    return _make(str(_field(sample, "id", where)), messages, where, media, meta)
+
+
+FORMATS: dict[str, Callable[[dict, str], dict]] = {
+    "llava": from_llava,
+    "sharegpt": from_sharegpt,
+    "alpaca": from_alpaca,
+    "mmtune": from_mmtune,
+}
+
+
+def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """Yield (where, object) from a .json file holding a list, or a .jsonl file.
+
+    `where` is "file:line" for JSONL and "file[index]" for a JSON list. A .json file is loaded
+    whole (LLaVA's files are single JSON lists, up to ~1 GB); JSONL is streamed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                yield where, obj
+    elif suffix == ".json":
+        with path.open(encoding="utf-8") as f:
+            try:
+                items = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(items, list):
+            raise ValueError(f"{path}: expected a JSON list of objects, got {type(items).__name__}")
+        for i, obj in enumerate(items):
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}[{i}]: expected a JSON object, got {type(obj).__name__}")
+            yield f"{path}[{i}]", obj
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected .json or .jsonl")
+
+
+def convert(path: str | os.PathLike, fmt: str) -> Iterator[dict]:
+    """Read `path` and convert every item with the reader registered for `fmt` in FORMATS.
+
+    Media paths are passed through unchanged; see `rebase_media` to move them.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+    reader = FORMATS[fmt]
+    for where, obj in read_json_or_jsonl(path):
+        yield reader(obj, where)
+
+
+def rebase_media(record: dict, src_root: str | os.PathLike, out_dir: str | os.PathLike,
+                 absolute: bool = False) -> dict:
+    """Return `record` with media paths relative to `src_root` rewritten for a file in `out_dir`.
+
+    Records are read relative to their JSONL file's directory, so a converter writing to
+    `out_dir` must re-express paths that the source gave relative to its image folder.
+    Absolute source paths stay as they are. Paths are made absolute without resolving symlinks
+    (no file-system calls, which keeps this cheap over ~665K records).
+    """
+    src_root, out_dir = os.path.abspath(src_root), os.path.abspath(out_dir)
+    out = dict(record)
+    for key in MEDIA:
+        if key in record:
+            out[key] = [p if os.path.isabs(p)
+                        else os.path.normpath(os.path.join(src_root, p)) if absolute
+                        else Path(os.path.relpath(os.path.join(src_root, p), out_dir)).as_posix()
+                        for p in record[key]]
+    return out
+
+
+def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
+    """Write records one per line (UTF-8, not ASCII-escaped); return how many were written.
+
+    Writes to a temporary file and renames it, so an interrupted conversion never leaves a
+    truncated file that looks complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n

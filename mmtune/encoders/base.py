@@ -1,0 +1,61 @@
+"""What every image encoder provides, and the preprocessing that travels with it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How raw images become the encoder's input. Saved with the model."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pad_to_square: bool = True  # LLaVA-1.5 "pad": keep the whole image, fill with the mean colour
+
+
+class ImageEncoder(Protocol):
+    """`forward(pixels [B, 3, H, W]) -> features [B, N, D]`."""
+
+    modality: str
+    hidden_size: int
+    spec: ImageSpec
+
+    def num_tokens(self) -> int: ...
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor: ...
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new("RGB", (side, side), fill)
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def make_preprocess(spec: ImageSpec, transform: Callable[[Image.Image], torch.Tensor]):
+    """Wrap a library transform (HF image processor, open_clip transform) with LLaVA's padding."""
+    fill = tuple(int(round(255 * m)) for m in spec.mean)
+
+    def preprocess(images: list[Image.Image]) -> torch.Tensor:
+        images = [im.convert("RGB") for im in images]
+        if spec.pad_to_square:
+            images = [pad_to_square(im, fill) for im in images]
+        return torch.stack([transform(im) for im in images])
+
+    return preprocess
+
+
+def blank_image(spec: ImageSpec) -> Image.Image:
+    """A flat image of the normalisation mean: zeros after preprocessing, no content at all."""
+    fill = tuple(int(round(255 * m)) for m in spec.mean)
+    return Image.new("RGB", (spec.size, spec.size), fill)

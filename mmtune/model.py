@@ -1,0 +1,213 @@
+"""MultimodalLM: encoders -> projectors -> placeholder positions of any HF causal LM.
+
+The LLM is held by composition (never subclassed), so any `AutoModelForCausalLM` works.
+The whole forward is `embed()` + one LLM call:
+
+    input_ids [B, T] with K placeholder ids per medium
+    media[m]  [n_m, ...] --encoder--> [n_m, N, D_enc] --projector--> [n_m, K, D_llm]
+    embeds    [B, T, D_llm] = token embeddings, placeholder rows replaced (masked_scatter)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
+from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
+from .config import ModelConfig, from_dict, to_dict
+from .data.tokenizer import MEDIA_TOKENS, load_tokenizer
+from .llm import add_lora, load_llm
+from .registry import ENCODERS, PROJECTORS
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """What the collator hands the model. Typed, so nothing travels as a loose dict key."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T], IGNORE where no loss
+    media: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [n, ...]
+    media_per_row: dict[str, list[int]] = field(default_factory=dict)  # modality -> count per row
+    ids: list[str] = field(default_factory=list)  # record ids, for error messages
+    position_ids: torch.Tensor | None = None  # [B, T], set when packing
+    dropped: list[str] = field(default_factory=list)  # "id: reason" of samples left out
+    truncated: int = 0  # rows whose trailing text was cut to fit max_length
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return dataclasses.replace(self, input_ids=move(self.input_ids),
+                                   attention_mask=move(self.attention_mask), labels=move(self.labels),
+                                   media={k: move(v) for k, v in self.media.items()},
+                                   position_ids=move(self.position_ids))
+
+    def num_loss_tokens(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+
+class PlaceholderMismatchError(ValueError):
+    pass
+
+
+class MultimodalLM(nn.Module):
+    def __init__(self, config: ModelConfig, llm: nn.Module, encoders: dict[str, nn.Module],
+                 projectors: dict[str, nn.Module], tokenizer) -> None:
+        super().__init__()
+        if set(encoders) != set(projectors):
+            raise ValueError(f"encoders {sorted(encoders)} and projectors {sorted(projectors)} "
+                             "must cover the same modalities")
+        self.config = config
+        self.llm = llm
+        self.encoders = nn.ModuleDict(encoders)
+        self.projectors = nn.ModuleDict(projectors)
+        self.tokenizer = tokenizer
+        self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(MEDIA_TOKENS[m]) for m in encoders}
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def build(cls, cfg: ModelConfig) -> "MultimodalLM":
+        """Build every part from config (weights from paths where given, random otherwise)."""
+        llm = load_llm(cfg.llm)
+        d_llm = llm.get_input_embeddings().embedding_dim
+        encoders, projectors = {}, {}
+        for modality, enc_cfg in cfg.encoders.items():
+            encoders[modality] = ENCODERS.get(enc_cfg.type)(enc_cfg)
+            proj_cfg = cfg.projectors[modality]
+            projectors[modality] = PROJECTORS.get(proj_cfg.type)(
+                encoders[modality].hidden_size, d_llm, **proj_cfg.options)
+        tokenizer = load_tokenizer(cfg.tokenizer, cfg.llm.path)
+        model = cls(cfg, llm, encoders, projectors, tokenizer)
+        for modality, enc_cfg in cfg.encoders.items():
+            model.encoders[modality].requires_grad_(enc_cfg.trainable)
+        return model
+
+    def tokens_per_medium(self, modality: str) -> int:
+        return self.projectors[modality].num_tokens(self.encoders[modality].num_tokens())
+
+    def enable_lora(self) -> None:
+        if not hasattr(self.llm, "peft_config"):
+            self.llm = add_lora(self.llm, self.config.llm.lora)
+
+    # ----------------------------------------------------------------- forward
+    def check_placeholders(self, batch: Batch) -> None:
+        """Fail before any encoder or LLM work when slots and features cannot match."""
+        for modality, token_id in self.placeholder_ids.items():
+            per_row = batch.media_per_row.get(modality, [0] * batch.input_ids.shape[0])
+            slots = (batch.input_ids == token_id).sum(dim=1).tolist()
+            k = self.tokens_per_medium(modality)
+            for row, (n_slots, n_media) in enumerate(zip(slots, per_row)):
+                if n_slots != n_media * k:
+                    rid = batch.ids[row] if row < len(batch.ids) else f"row {row}"
+                    raise PlaceholderMismatchError(
+                        f"record {rid}: {n_slots} {MEDIA_TOKENS[modality]} placeholder tokens but "
+                        f"{n_media} {modality}(s) x {k} tokens = {n_media * k} feature vectors")
+
+    def encode_media(self, modality: str, media: torch.Tensor) -> torch.Tensor:
+        encoder = self.encoders[modality]
+        frozen = not any(p.requires_grad for p in encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            features = encoder(media)  # [n, N, D_enc]
+        return self.projectors[modality](features)  # [n, K, D_llm]
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        self.check_placeholders(batch)
+        ids = batch.input_ids
+        is_slot = torch.zeros_like(ids, dtype=torch.bool)
+        for token_id in self.placeholder_ids.values():
+            is_slot |= ids == token_id
+        # Placeholder ids may lie outside the LLM's vocabulary: look up id 0 there instead.
+        embeds = self.llm.get_input_embeddings()(ids.masked_fill(is_slot, 0))  # [B, T, D]
+        for modality, media in batch.media.items():
+            if media.shape[0] == 0:
+                continue
+            feats = self.encode_media(modality, media).to(embeds.dtype)
+            mask = (ids == self.placeholder_ids[modality]).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, feats)
+        return embeds
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [B, T, V]. The loss is left to the caller, who knows the token normaliser."""
+        embeds = self.embed(batch)
+        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False)
+        return out.logits
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int = 32) -> torch.Tensor:
+        """Greedy continuation of left-padded prompts; returns only the new tokens [B, T_new]."""
+        embeds = self.embed(batch)
+        tok = self.tokenizer
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+
+    # ----------------------------------------------------------------- save / load
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """Each part in its own library's format, plus `mmtune_config.json` tying them together:
+        llm/ (transformers; peft adapter in llm_adapter/), encoders/<m>/, projectors.safetensors,
+        tokenizer/. Paths in the saved config are relative to `out_dir`."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.replace(self.config, preset=None)
+        llm_cfg = dataclasses.replace(cfg.llm, arch={}, quantize=None)
+        if hasattr(self.llm, "peft_config"):
+            self.llm.save_pretrained(out / "llm_adapter")
+            if self.config.llm.path is None:  # random-init base exists nowhere else
+                self.llm.get_base_model().save_pretrained(out / "llm")
+                llm_cfg.path = "llm"
+            else:
+                llm_cfg.path = str(Path(self.config.llm.path).resolve())
+        else:
+            self.llm.save_pretrained(out / "llm")
+            llm_cfg.path = "llm"
+        encoders = {}
+        for modality, encoder in self.encoders.items():
+            encoder.save_pretrained(out / "encoders" / modality)
+            encoders[modality] = dataclasses.replace(self.config.encoders[modality],
+                                                     path=f"encoders/{modality}", arch=self._enc_arch(modality))
+        state = {f"{m}.{k}": v.contiguous() for m, p in self.projectors.items()
+                 for k, v in p.state_dict().items()}
+        save_file(state, out / "projectors.safetensors")
+        self.tokenizer.save_pretrained(out / "tokenizer")
+        tok_cfg = dataclasses.replace(cfg.tokenizer, type="auto", path="tokenizer", chat_template=None)
+        saved = dataclasses.replace(cfg, llm=llm_cfg, encoders=encoders, tokenizer=tok_cfg)
+        (out / "mmtune_config.json").write_text(json.dumps(to_dict(saved), indent=2))
+
+    def _enc_arch(self, modality: str) -> dict:
+        # open_clip needs its architecture name to rebuild; HF towers carry config.json.
+        arch = self.config.encoders[modality].arch
+        return {"model_name": arch["model_name"]} if "model_name" in arch else {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, trainable_adapter: bool = False) -> "MultimodalLM":
+        root = Path(path)
+        cfg = from_dict(ModelConfig, json.loads((root / "mmtune_config.json").read_text()),
+                        str(root / "mmtune_config.json"))
+
+        def here(p: str | None) -> str | None:
+            return None if p is None else str(root / p) if not Path(p).is_absolute() else p
+
+        cfg.llm.path = here(cfg.llm.path)
+        cfg.tokenizer.path = here(cfg.tokenizer.path)
+        for enc in cfg.encoders.values():
+            enc.path = here(enc.path)
+        model = cls.build(cfg)
+        state = load_file(root / "projectors.safetensors")
+        for m, proj in model.projectors.items():
+            proj.load_state_dict({k[len(m) + 1:]: v for k, v in state.items() if k.startswith(m + ".")})
+        if (root / "llm_adapter").exists():
+            from peft import PeftModel
+
+            model.llm = PeftModel.from_pretrained(model.llm, root / "llm_adapter",
+                                                  is_trainable=trainable_adapter)
+        return model

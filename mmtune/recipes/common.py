@@ -1,0 +1,90 @@
+"""What the MultimodalLM recipes share: config loading, the run directory, data, evaluation."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import RecipeConfig, from_dict, load_yaml, merge, parse_overrides, save_yaml
+from ..data.chat import resolve_template
+from ..data.collate import ExampleEncoder, RecordDataset, collate
+from ..data.records import read_records
+from ..encoders.base import blank_image
+from ..model import MultimodalLM
+from ..train.evaluate import evaluate_qa
+from ..zoo import resolve_model
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def config_path(recipe: str, name_or_path: str) -> Path:
+    """`tiny` -> the packaged recipes/configs/<recipe>/tiny.yaml; anything else is a path."""
+    packaged = CONFIG_DIR / recipe / f"{name_or_path}.yaml"
+    if packaged.exists():
+        return packaged
+    path = Path(name_or_path)
+    if not path.exists():
+        known = sorted(p.stem for p in (CONFIG_DIR / recipe).glob("*.yaml"))
+        raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor one of {known}")
+    return path
+
+
+def load_recipe_config(recipe: str, name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
+    path = config_path(recipe, name_or_path)
+    data = merge(load_yaml(path), parse_overrides(list(overrides)))
+    if "model" in data:
+        data["model"] = resolve_model(data["model"])
+    return from_dict(RecipeConfig, data, str(path))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def example_encoder(model: MultimodalLM, cfg: RecipeConfig, template_name: str | None,
+                    caption_task: bool = False, blank: bool = False) -> ExampleEncoder:
+    specs = {m: e.spec for m, e in model.encoders.items()}
+    return ExampleEncoder(
+        tokenizer=model.tokenizer, template=resolve_template(model.tokenizer, template_name),
+        tokens_per_medium={m: model.tokens_per_medium(m) for m in model.encoders},
+        placeholder_ids=model.placeholder_ids,
+        preprocess={m: e.preprocess for m, e in model.encoders.items()},
+        max_length=cfg.train.max_length, skip_bad=cfg.train.on_bad_sample == "skip",
+        caption_task=caption_task,
+        blank_media=(lambda m: blank_image(specs[m])) if blank else None)
+
+
+def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, template: str | None,
+                  caption_task: bool):
+    if cfg.train.on_bad_sample not in ("error", "skip"):
+        raise ValueError(f"train.on_bad_sample: {cfg.train.on_bad_sample!r} is not 'error' or 'skip'")
+    records, bad = read_records(data_file, skip_bad=cfg.train.on_bad_sample == "skip")
+    if bad:
+        print(f"skipped {len(bad)} bad record(s) in {data_file}, e.g. {bad[0]}")
+    dataset = RecordDataset(records, example_encoder(model, cfg, template, caption_task))
+    pad = model.tokenizer.pad_token_id
+    return dataset, lambda examples: collate(examples, pad), len(bad)
+
+
+def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device="cpu") -> dict:
+    records, _ = read_records(data_file)
+    if cfg.eval.limit:
+        records = records[: cfg.eval.limit]
+    enc = example_encoder(model, cfg, None)
+    blank = example_encoder(model, cfg, None, blank=True)
+    return evaluate_qa(model, records, enc, blank, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                       device, tuple(cfg.eval.separate_splits))
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_config(cfg: RecipeConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")

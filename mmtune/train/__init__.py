@@ -1,0 +1,1 @@
+"""Shared training helpers: the step arithmetic, checkpoints, logging, evaluation."""

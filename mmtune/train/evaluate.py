@@ -1,0 +1,85 @@
+"""Held-out question answering: accuracy with the media, and with the media blanked.
+
+Blank-media accuracy is the proof that answers come from the medium: a model that reads its
+image drops to chance when the image is replaced by a flat one; a model that learned the
+answer distribution (or a wiring bug that ignores the image) does not.
+"""
+from __future__ import annotations
+
+import string
+from collections import defaultdict
+from dataclasses import replace
+
+import torch
+
+from ..data.collate import ExampleEncoder, collate
+from ..data.records import Record
+
+
+def normalise(text: str) -> str:
+    words = text.lower().replace("\n", " ").split()
+    words = [w for w in words if w not in string.punctuation]
+    return " ".join(words)
+
+
+@torch.no_grad()
+def generate_answers(model, records: list[Record], encoder: ExampleEncoder, batch_size: int,
+                     max_new_tokens: int, device) -> list[str]:
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    for i in range(0, len(records), batch_size):
+        examples = [encoder.encode_prompt(r) for r in records[i:i + batch_size]]
+        batch = collate(examples, model.tokenizer.pad_token_id, left_pad=True).to(device)
+        new = model.generate(batch, max_new_tokens=max_new_tokens)
+        answers += model.tokenizer.batch_decode(new, skip_special_tokens=True)
+    model.train(was_training)
+    return answers
+
+
+def _accuracy(hits: list[bool]) -> float:
+    return round(sum(hits) / len(hits), 4) if hits else float("nan")
+
+
+def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_encoder: ExampleEncoder,
+                batch_size: int = 64, max_new_tokens: int = 8, device="cpu",
+                separate_splits: tuple[str, ...] = ()) -> dict:
+    """Exact-match accuracy (after lower-casing and dropping punctuation) of the last
+    assistant turn of each record, by question type and split, with and without media.
+
+    Records whose `meta.split` is in `separate_splits` are scored but kept out of the
+    headline `accuracy` (e.g. the harder binding split), and reported on their own.
+    """
+    targets = [normalise(r.messages[-1]["content"]) for r in records]
+    prompts = [replace(r, messages=r.messages[:-1]) for r in records]
+    real = generate_answers(model, prompts, encoder, batch_size, max_new_tokens, device)
+    blank = generate_answers(model, prompts, blank_encoder, batch_size, max_new_tokens, device)
+    groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"real": [], "blank": []})
+    answers_by_type: dict[str, set[str]] = defaultdict(set)
+    for r, t, a, b in zip(records, targets, real, blank):
+        qtype, split = r.meta.get("type", "all"), r.meta.get("split", "all")
+        answers_by_type[qtype].add(t)
+        hit, blank_hit = normalise(a) == t, normalise(b) == t
+        group = "separate" if split in separate_splits else "headline"
+        for key in (group, f"type:{qtype}", f"split:{split}"):
+            groups[key]["real"].append(hit)
+            groups[key]["blank"].append(blank_hit)
+    # Chance: guessing uniformly among the answers a question type can have.
+    chance = {q: 1 / len(a) for q, a in answers_by_type.items()}
+    head = [r for r in records if r.meta.get("split", "all") not in separate_splits]
+    result = {
+        "accuracy": _accuracy(groups["headline"]["real"]),
+        "blank_media_accuracy": _accuracy(groups["headline"]["blank"]),
+        "chance": round(sum(chance[r.meta.get("type", "all")] for r in head) / max(len(head), 1), 4),
+        "n": len(head),
+        "by_type": {k[5:]: {"accuracy": _accuracy(v["real"]), "blank_media_accuracy": _accuracy(v["blank"]),
+                            "chance": round(chance[k[5:]], 4), "n": len(v["real"])}
+                    for k, v in sorted(groups.items()) if k.startswith("type:")},
+        "by_split": {k[6:]: {"accuracy": _accuracy(v["real"]), "blank_media_accuracy": _accuracy(v["blank"]),
+                             "n": len(v["real"])}
+                     for k, v in sorted(groups.items()) if k.startswith("split:")},
+        "reported_separately": list(separate_splits),
+        "examples": [{"id": r.id, "question": r.messages[-2]["content"], "target": t, "answer": a,
+                      "blank_answer": b} for r, t, a, b in list(zip(records, targets, real, blank))[:8]],
+    }
+    return result

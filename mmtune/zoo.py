@@ -1,0 +1,103 @@
+"""Named model presets: published architectures and tiny CPU variants.
+
+A preset is a function returning `ModelConfig` fields with every dimension written out.
+Architectures are separate from weights: a real preset builds at random init unless
+`model.llm.path` / `model.encoders.image.path` point at local checkpoints.
+Parameter counts are computed on the meta device: no memory, no weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .config import ModelConfig, from_dict, merge
+from .registry import ENCODERS, PRESETS, PROJECTORS
+
+
+def clip_vit_l14_336() -> dict:
+    """OpenAI CLIP ViT-L/14 at 336 px (LLaVA-1.5's tower): penultimate layer, CLS dropped."""
+    return {"type": "hf_clip", "select_layer": -2, "drop_cls": True, "image_pad": True,
+            "arch": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                     "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
+                     "projection_dim": 768, "hidden_act": "quick_gelu"}}
+
+
+def vicuna(hidden: int, intermediate: int, layers: int, heads: int) -> dict:
+    """Vicuna v1.5 = Llama-2 architecture, 32000-token vocabulary, 4096 context."""
+    return {"arch": {"model_type": "llama", "hidden_size": hidden, "intermediate_size": intermediate,
+                     "num_hidden_layers": layers, "num_attention_heads": heads,
+                     "num_key_value_heads": heads, "vocab_size": 32000,
+                     "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                     "tie_word_embeddings": False}, "dtype": "bfloat16"}
+
+
+def _llava15(llm: dict) -> dict:
+    return {"llm": llm, "encoders": {"image": clip_vit_l14_336()},
+            "projectors": {"image": {"type": "mlp2x_gelu"}},
+            "tokenizer": {"type": "auto", "chat_template": "llava_v1"}}
+
+
+PRESETS.register("llava-1.5-7b", lambda: _llava15(vicuna(4096, 11008, 32, 32)))
+PRESETS.register("llava-1.5-13b", lambda: _llava15(vicuna(5120, 13824, 40, 40)))
+
+
+def _tiny_llava() -> dict:
+    """The CPU model that learns the synthetic shapes task in minutes (see CALIBRATION)."""
+    from .data.tokenizer import build_word_tokenizer, synthetic_words
+
+    vocab = len(build_word_tokenizer(synthetic_words()))
+    return {
+        "llm": {"arch": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+                         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+                         "vocab_size": vocab, "max_position_embeddings": 512,
+                         "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 2,
+                         "eos_token_id": 3}},
+        "encoders": {"image": {"type": "hf_clip", "select_layer": -1, "drop_cls": True,
+                               "image_pad": True,
+                               "arch": {"hidden_size": 128, "intermediate_size": 256,
+                                        "num_hidden_layers": 2, "num_attention_heads": 4,
+                                        "image_size": 64, "patch_size": 8}}},
+        "projectors": {"image": {"type": "mlp2x_gelu"}},
+        "tokenizer": {"type": "synthetic"},
+    }
+
+
+PRESETS.register("tiny-llava", _tiny_llava)
+
+
+def resolve_model(data: dict) -> dict:
+    """Expand `preset:` — the preset's fields lie under the ones given explicitly."""
+    name = data.get("preset")
+    if not name:
+        return data
+    return merge(PRESETS.get(name)(), {k: v for k, v in data.items() if k != "preset"})
+
+
+def preset_config(name: str) -> ModelConfig:
+    return from_dict(ModelConfig, resolve_model({"preset": name}), f"preset {name}")
+
+
+def count_parameters(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters per part, built on the meta device from the architecture alone."""
+    from .llm import load_llm
+
+    counts: dict[str, int] = {}
+    with torch.device("meta"):
+        llm = load_llm(dataclasses.replace(cfg.llm, path=None, quantize=None))
+        counts["llm"] = sum(p.numel() for p in llm.parameters())
+        d_llm = llm.get_input_embeddings().embedding_dim
+        for modality, enc_cfg in cfg.encoders.items():
+            enc = ENCODERS.get(enc_cfg.type)(dataclasses.replace(enc_cfg, path=None))
+            counts[f"encoder.{modality}"] = sum(p.numel() for p in enc.parameters())
+            proj_cfg = cfg.projectors[modality]
+            proj = PROJECTORS.get(proj_cfg.type)(enc.hidden_size, d_llm, **proj_cfg.options)
+            counts[f"projector.{modality}"] = sum(p.numel() for p in proj.parameters())
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def zoo_table() -> list[dict]:
+    from . import encoders, projectors  # noqa: F401  (fill the registries)
+
+    return [{"name": name, **count_parameters(preset_config(name))} for name in PRESETS.names()]
