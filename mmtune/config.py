@@ -25,8 +25,21 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+class RawValue(str):
+    """A command-line override's text, typed only once the target field's type is known."""
+
+
+def _key(where: str, key: str) -> str:
+    return f"{where}{key}" if where.endswith(": ") else f"{where}.{key}"
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """Check / convert a YAML value to the annotated type `tp`."""
+    if isinstance(value, RawValue):
+        try:
+            return _convert(tp, yaml.safe_load(value) if value else "", where)
+        except ConfigError:  # e.g. `mixed_precision=no`, which YAML reads as a bool
+            return _convert(tp, str(value), where)
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -65,7 +78,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         _, val_tp = typing.get_args(tp) or (str, Any)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _convert(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _convert(val_tp, v, _key(where, str(k))) for k, v in value.items()}
     if tp is float:
         if isinstance(value, str):  # YAML reads "1e-3" (no dot) as a string
             try:
@@ -98,17 +111,17 @@ def _fail(where: str, tp: Any, value: Any):
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
-def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+def from_dict(cls: type[T], data: dict, where: str = "config: ") -> T:
     """Build dataclass `cls` from a mapping; unknown keys are errors naming their path."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"{where.removesuffix(': ')}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(fields)}"
         )
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: _convert(hints[k], v, _key(where, k)) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -142,9 +155,11 @@ def parse_overrides(items: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} was already set to a value")
+        node[parts[-1]] = RawValue(raw)
     return out
 
 
@@ -163,10 +178,10 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
          base: dict | None = None) -> T:
     """Defaults of `cls` <- optional `base` dict <- YAML at `path` <- `overrides`."""
     data = dict(base or {})
-    where = "config"
+    where = "config: "
     if path is not None:
         data = merge(data, load_yaml(path))
-        where = str(path)
+        where = f"{path}: "
     if overrides:
         data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data, where)

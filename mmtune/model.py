@@ -101,8 +101,17 @@ class MultimodalLM(nn.Module):
     # ----------------------------------------------------------------- forward
     def check_placeholders(self, batch: Batch) -> None:
         """Fail before any encoder or LLM work when slots and features cannot match."""
+        rows = batch.input_ids.shape[0]
+        for modality, media in batch.media.items():
+            if modality not in self.placeholder_ids:
+                raise PlaceholderMismatchError(f"batch has {modality} but the model has no {modality} encoder")
+            per_row = batch.media_per_row.get(modality, [])
+            if len(per_row) != rows or sum(per_row) != media.shape[0]:
+                raise PlaceholderMismatchError(
+                    f"batch of {rows} rows carries {media.shape[0]} {modality}(s) but media_per_row "
+                    f"says {per_row} (records {batch.ids})")
         for modality, token_id in self.placeholder_ids.items():
-            per_row = batch.media_per_row.get(modality, [0] * batch.input_ids.shape[0])
+            per_row = batch.media_per_row.get(modality, [0] * rows)
             slots = (batch.input_ids == token_id).sum(dim=1).tolist()
             k = self.tokens_per_medium(modality)
             for row, (n_slots, n_media) in enumerate(zip(slots, per_row)):
@@ -163,7 +172,7 @@ class MultimodalLM(nn.Module):
         if hasattr(self.llm, "peft_config"):
             self.llm.save_pretrained(out / "llm_adapter")
             if self.config.llm.path is None:  # random-init base exists nowhere else
-                self.llm.get_base_model().save_pretrained(out / "llm")
+                self._save_lora_base(out / "llm")
                 llm_cfg.path = "llm"
             else:
                 llm_cfg.path = str(Path(self.config.llm.path).resolve())
@@ -183,6 +192,14 @@ class MultimodalLM(nn.Module):
         saved = dataclasses.replace(cfg, llm=llm_cfg, encoders=encoders, tokenizer=tok_cfg)
         (out / "mmtune_config.json").write_text(json.dumps(to_dict(saved), indent=2))
 
+    def _save_lora_base(self, out: Path) -> None:
+        """The base weights without the adapters peft injected into its layers, under the
+        original names, so `llm/` loads in transformers as the plain base model."""
+        base = self.llm.get_base_model()
+        state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items()
+                 if "lora_" not in k}  # peft names adapter tensors lora_A / lora_B / lora_...
+        base.save_pretrained(out, state_dict=state)
+
     def _enc_arch(self, modality: str) -> dict:
         # open_clip needs its architecture name to rebuild; HF towers carry config.json.
         arch = self.config.encoders[modality].arch
@@ -192,7 +209,7 @@ class MultimodalLM(nn.Module):
     def from_pretrained(cls, path: str | Path, trainable_adapter: bool = False) -> "MultimodalLM":
         root = Path(path)
         cfg = from_dict(ModelConfig, json.loads((root / "mmtune_config.json").read_text()),
-                        str(root / "mmtune_config.json"))
+                        f"{root / 'mmtune_config.json'}: ")
 
         def here(p: str | None) -> str | None:
             return None if p is None else str(root / p) if not Path(p).is_absolute() else p

@@ -75,7 +75,7 @@ def resolve_model(data: dict) -> dict:
 
 
 def preset_config(name: str) -> ModelConfig:
-    return from_dict(ModelConfig, resolve_model({"preset": name}), f"preset {name}")
+    return from_dict(ModelConfig, resolve_model({"preset": name}), f"preset {name}: ")
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:

@@ -129,7 +129,7 @@ def test_from_mmtune_validates_and_drops_empty_media():
         "messages": [{"role": "user", "content": "<video><audio>hi"}, {"role": "assistant", "content": "ok"}],
         "videos": ["v.mp4"], "audios": ["a.wav"], "meta": {"src": "t"},
     }
-    with pytest.raises(ValueError, match=re.escape("m.jsonl:2: 0 <video> placeholder(s) in the messages but 1 file(s) in 'videos'")):
+    with pytest.raises(ValueError, match=re.escape("m.jsonl:2: 0 <video> placeholder(s) in the messages but 1 entries in 'videos'")):
         from_mmtune({"id": "r", "messages": [{"role": "user", "content": "x"}], "videos": ["v.mp4"]}, "m.jsonl:2")
     with pytest.raises(ValueError, match=re.escape("m.jsonl:3: unknown field(s) ['image']")):
         from_mmtune({"id": "r", "messages": [{"role": "user", "content": "x"}], "image": "a.jpg"}, "m.jsonl:3")

@@ -74,7 +74,10 @@ def render(tokenizer, messages: list[dict], template: str) -> Rendered:
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:i], template, gen=True) if i else ""
+        if not any(p["role"] == "user" for p in messages[:i]):
+            raise TemplateError("an assistant turn comes before any user turn: there is no prompt "
+                                "it answers, so it cannot be supervised")
+        prompt = _render(tokenizer, messages[:i], template, gen=True)
         upto = _render(tokenizer, messages[: i + 1], template, gen=False)
         if not upto.startswith(prompt) or not text.startswith(upto):
             raise TemplateError("chat template is not prefix-stable: a turn renders differently "
@@ -89,9 +92,13 @@ def render_prompt(tokenizer, messages: list[dict], template: str) -> str:
 
 
 def tokenize_with_labels(tokenizer, rendered: Rendered) -> tuple[list[int], list[bool]]:
-    """Token ids, and for each token whether it overlaps an assistant span (carries loss)."""
+    """Token ids, and for each token whether it starts inside an assistant span (carries loss).
+
+    "Starts inside" rather than "overlaps": a tokenizer that merges across spaces can emit a
+    token like ':▁' that begins in the role header and ends in the answer; it belongs to the
+    prompt, which the model is given, not to the answer it must produce."""
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     supervised = []
     for start, end in enc["offset_mapping"]:
-        supervised.append(any(start < e and end > s for s, e in rendered.assistant_spans))
+        supervised.append(end > start and any(s <= start < e for s, e in rendered.assistant_spans))
     return enc["input_ids"], supervised

@@ -6,6 +6,7 @@ medium's tokens: it shortens trailing text, or drops the sample, and says which 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,6 +17,7 @@ from ..model import IGNORE, Batch
 from .chat import Rendered, render, render_prompt, tokenize_with_labels
 from .media import MediaError, load_image
 from .records import Record, RecordError
+from .tokenizer import MEDIA_TOKENS
 
 
 @dataclass
@@ -39,15 +41,15 @@ class SampleError(ValueError):
     pass
 
 
+_PLACEHOLDER = re.compile("|".join(re.escape(t) for t in MEDIA_TOKENS.values()))
+
+
 def caption_messages(messages: list[dict]) -> list[dict]:
     """LLaVA's feature-alignment format: user turns keep only their media placeholders."""
-    from .tokenizer import MEDIA_TOKENS
-
     out = []
     for m in messages:
         if m["role"] == "user":
-            tokens = [t for t in m["content"].split() if t in MEDIA_TOKENS.values()]
-            out.append({"role": "user", "content": "".join(tokens)})
+            out.append({"role": "user", "content": "".join(_PLACEHOLDER.findall(m["content"]))})
         elif m["role"] == "assistant":
             out.append(m)
     return out
@@ -124,7 +126,10 @@ class ExampleEncoder:
 
     def encode_prompt(self, record: Record) -> Example:
         """A generation prompt: messages up to the last user turn, then the assistant header."""
-        last_user = max(i for i, m in enumerate(record.messages) if m["role"] == "user")
+        users = [i for i, m in enumerate(record.messages) if m["role"] == "user"]
+        if not users:
+            raise SampleError(f"{record.source}: no user turn to answer")
+        last_user = users[-1]
         text = render_prompt(self.tokenizer, record.messages[: last_user + 1], self.template)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         ids, labels = self.expand(ids, [False] * len(ids), record)

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from .records import parse_record
+
 ROLES = ("user", "assistant", "system")
 MEDIA = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
 
@@ -129,15 +131,28 @@ def from_alpaca(sample: dict, where: str) -> dict:
 
 
 def from_mmtune(sample: dict, where: str) -> dict:
-    """An mmtune record, validated and returned in canonical form (empty media keys dropped)."""
-    messages = _turns(_field(sample, "messages", where, list), where, "messages",
-                      "role", "content", {r: r for r in ROLES})
-    media = {k: _field(sample, k, where, list) for k in MEDIA if k in sample}
+    """An mmtune record, validated and returned in canonical form (empty media keys dropped).
+
+    The record itself (fields, messages, roles, placeholder counts) is checked by
+    `records.parse_record`, the same function that reads training data, so a file this accepts
+    is one training accepts. On top of that a converted file must be self-describing: "id" is
+    required and a string, "meta" an object, media lists lists of non-empty paths. Media paths
+    are returned exactly as given (not resolved against any directory).
+    """
+    checked = parse_record(sample, where, Path())
+    id_ = _field(sample, "id", where)
     meta = _field(sample, "meta", where, dict) if "meta" in sample else None
-    unknown = set(sample) - {"id", "messages", "meta", *MEDIA}
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
-    return _make(str(_field(sample, "id", where)), messages, where, media, meta)
+    media = {k: _field(sample, k, where, list) for k in MEDIA if k in sample}
+    for key, paths in media.items():
+        for i, p in enumerate(paths):
+            if not p:
+                raise ValueError(f"{where}: field {key!r}[{i}] must be a non-empty string path")
+    messages = [{"role": m["role"], "content": m["content"]} for m in checked.messages]
+    record: dict[str, Any] = {"id": id_, "messages": messages}
+    record.update({k: list(v) for k, v in media.items() if v})
+    if meta:
+        record["meta"] = meta
+    return record
 
 
 FORMATS: dict[str, Callable[[dict, str], dict]] = {

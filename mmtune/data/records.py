@@ -36,19 +36,24 @@ def parse_record(obj: object, where: str, base_dir: Path) -> Record:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise RecordError(f"{where}: messages[{i}] must be {{'role': one of {ROLES}, 'content': str}}")
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+    first_answer = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+    if first_answer is not None and (first_user is None or first_answer < first_user):
+        raise RecordError(f"{where}: messages[{first_answer}] is an assistant turn before any user turn")
     media: dict[str, list[str]] = {}
-    text = "".join(m["content"] for m in messages)
     for modality, key in MEDIA_KEYS.items():
         paths = obj.get(key) or []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise RecordError(f"{where}: field '{key}' must be a list of paths")
-        n_slots = text.count(MEDIA_TOKENS[modality])
+        n_slots = sum(m["content"].count(MEDIA_TOKENS[modality]) for m in messages)
         if n_slots != len(paths):
             raise RecordError(f"{where}: {n_slots} {MEDIA_TOKENS[modality]} placeholder(s) in the "
                               f"messages but {len(paths)} entries in '{key}'")
         if paths:
             media[modality] = [str(base_dir / p) for p in paths]
     meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise RecordError(f"{where}: field 'meta' must be an object")
     return Record(id=str(obj.get("id", where)), messages=messages, media=media, source=where, meta=meta)
 
 
@@ -58,7 +63,7 @@ def read_records(path: str | Path, skip_bad: bool = False) -> tuple[list[Record]
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     records, skipped = [], []
-    with path.open() as f:
+    with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -35,6 +35,9 @@ class OpenClipVisionEncoder(nn.Module):
         self.drop_cls = drop_cls
         self.hidden_size = visual.transformer.width
         self.num_layers = visual.transformer.layers
+        if not (-self.num_layers <= select_layer <= -1 or 1 <= select_layer <= self.num_layers):
+            raise ValueError(f"select_layer {select_layer} is outside the tower's blocks: use -1..-{self.num_layers} "
+                             f"or 1..{self.num_layers} (counted like HF hidden_states)")
         cfg = visual.preprocess_cfg
         size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
         self.spec = ImageSpec(size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), pad_to_square=pad)

@@ -37,7 +37,15 @@ def load_recipe_config(recipe: str, name_or_path: str, overrides: list[str] = ()
     data = merge(load_yaml(path), parse_overrides(list(overrides)))
     if "model" in data:
         data["model"] = resolve_model(data["model"])
-    return from_dict(RecipeConfig, data, str(path))
+    return from_dict(RecipeConfig, data, f"{path}: ")
+
+
+def make_accelerator(mixed_precision: str):
+    """Without a GPU, say so: accelerate then joins `torchrun` / `accelerate launch --multi_gpu`
+    processes over gloo (multi-CPU) instead of running each one alone."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def seed_everything(seed: int) -> None:

@@ -13,20 +13,19 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 from ..config import RecipeConfig
 from ..model import MultimodalLM
 from ..registry import RECIPES
 from ..train.params import parameter_rows, parameter_table, set_trainable
 from ..train.stage import run_stage
-from .common import evaluate_run, save_config, seed_everything, training_data, write_json
+from .common import evaluate_run, make_accelerator, save_config, seed_everything, training_data, write_json
 
 
 def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
          resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
     run_dir = Path(run_dir)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    accelerator = make_accelerator(cfg.train.mixed_precision)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)

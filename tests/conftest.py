@@ -1,0 +1,69 @@
+"""Shared tiny fixtures: models small enough to build, run and save in well under a second."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mmtune.config import ModelConfig, from_dict, merge
+from mmtune.data.tokenizer import build_word_tokenizer, synthetic_words
+
+torch.set_num_threads(1)  # the test machine is small and shared
+
+
+def synthetic_vocab_size() -> int:
+    return len(build_word_tokenizer(synthetic_words()))
+
+
+def tiny_llm_arch(vocab_size: int | None = None) -> dict:
+    """Llama, hidden 32, 2 layers, 2 heads: ids follow the synthetic tokenizer's specials."""
+    return {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "vocab_size": vocab_size or synthetic_vocab_size(), "max_position_embeddings": 256,
+            "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}
+
+
+def tiny_clip_arch() -> dict:
+    """CLIP vision tower, hidden 32, 2 layers, 32 px images, 8 px patches: 16 patch tokens."""
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+
+
+def tiny_siglip_arch() -> dict:
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+
+
+def tiny_model_dict(**updates) -> dict:
+    """A ModelConfig mapping; `updates` merge in recursively (e.g. llm={"lora": {"r": 4}})."""
+    base = {
+        "llm": {"arch": tiny_llm_arch()},
+        "encoders": {"image": {"type": "hf_clip", "select_layer": -2, "drop_cls": True,
+                               "arch": tiny_clip_arch()}},
+        "projectors": {"image": {"type": "mlp2x_gelu"}},
+        "tokenizer": {"type": "synthetic"},
+    }
+    return merge(base, copy.deepcopy(updates))
+
+
+def tiny_model_config(**updates) -> ModelConfig:
+    return from_dict(ModelConfig, tiny_model_dict(**updates), "tiny test config")
+
+
+@pytest.fixture
+def tiny_config():
+    """Factory: `tiny_config(**updates) -> ModelConfig`."""
+    return tiny_model_config
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory: `tiny_model(**updates) -> MultimodalLM` (seeded, eval mode)."""
+    from mmtune.model import MultimodalLM
+
+    def make(seed: int = 0, **updates):
+        torch.manual_seed(seed)
+        return MultimodalLM.build(tiny_model_config(**updates)).eval()
+
+    return make
