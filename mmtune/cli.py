@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def _train(args) -> None:
+    from . import recipes  # noqa: F401  (fills RECIPES)
     from .recipes.common import load_recipe_config
     from .registry import RECIPES
 
@@ -101,7 +102,7 @@ def _demo(args) -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     print(f"1/3 synthesising shapes data in {out / 'data'}")
-    generate(out / "data", n_train=2000, n_test=600, seed=0)
+    generate(out / "data", n_train=4000, n_test=600, seed=0)
     print("2/3 training tiny LLaVA: stage pretrain (projector on captions), stage finetune (projector + LLM)")
     cfg = load_recipe_config("llava", "tiny", [f"data_dir={out / 'data'}", *args.overrides])
     summary = llava(cfg, out / "run", resume=False)
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("synth", help="write a synthetic task")
     s.add_argument("task", choices=["shapes"])
     s.add_argument("--out", required=True)
-    s.add_argument("--n-train", type=int, default=2000)
+    s.add_argument("--n-train", type=int, default=4000)
     s.add_argument("--n-test", type=int, default=600)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_synth)

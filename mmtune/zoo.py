@@ -11,6 +11,8 @@ import dataclasses
 
 import torch
 
+from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
+from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
 from .config import ModelConfig, from_dict, merge
 from .registry import ENCODERS, PRESETS, PROJECTORS
 
@@ -58,7 +60,8 @@ def _tiny_llava() -> dict:
                                "arch": {"hidden_size": 128, "intermediate_size": 256,
                                         "num_hidden_layers": 2, "num_attention_heads": 4,
                                         "image_size": 64, "patch_size": 8}}},
-        "projectors": {"image": {"type": "mlp2x_gelu"}},
+        # 2x2 token merge: 16 image tokens instead of 64, ~2x faster steps on CPU.
+        "projectors": {"image": {"type": "mlp2x_gelu", "options": {"token_merge": 2}}},
         "tokenizer": {"type": "synthetic"},
     }
 
@@ -98,6 +101,4 @@ def count_parameters(cfg: ModelConfig) -> dict[str, int]:
 
 
 def zoo_table() -> list[dict]:
-    from . import encoders, projectors  # noqa: F401  (fill the registries)
-
     return [{"name": name, **count_parameters(preset_config(name))} for name in PRESETS.names()]

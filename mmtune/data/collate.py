@@ -16,8 +16,7 @@ from PIL import Image
 from ..model import IGNORE, Batch
 from .chat import Rendered, render, render_prompt, tokenize_with_labels
 from .media import MediaError, load_image
-from .records import Record, RecordError
-from .tokenizer import MEDIA_TOKENS
+from .records import MEDIA_TOKENS, Record, RecordError
 
 
 @dataclass

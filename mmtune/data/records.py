@@ -5,8 +5,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tokenizer import MEDIA_TOKENS
-
+# One placeholder per medium in message content; the collator expands each into the
+# number of feature vectors the model's encoder + projector produce for it.
+MEDIA_TOKENS: dict[str, str] = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 ROLES = ("system", "user", "assistant")
 MEDIA_KEYS = {"image": "images", "video": "videos", "audio": "audios"}
 

@@ -11,8 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from ..config import TokenizerConfig
 from .chat import TEMPLATES
-
-MEDIA_TOKENS: dict[str, str] = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+from .records import MEDIA_TOKENS
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 TEMPLATE_WORDS = ["USER", "ASSISTANT", ":"]
 

@@ -10,24 +10,41 @@ from ..registry import PROJECTORS
 
 
 class MLPProjector(nn.Module):
-    """Linear, then (GELU, Linear) x (depth - 1). Keeps the number of tokens."""
+    """Linear, then (GELU, Linear) x (depth - 1).
 
-    def __init__(self, in_dim: int, out_dim: int, depth: int = 2) -> None:
+    `token_merge=k` first concatenates each k x k block of neighbouring patch features into one
+    token (the "pixel shuffle" downsampling of InternVL / Idefics3): k^2 fewer image tokens for
+    the LLM, no information dropped. k=1 keeps LLaVA's one token per patch.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2, token_merge: int = 1) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        self.token_merge = token_merge
+        layers: list[nn.Module] = [nn.Linear(in_dim * token_merge**2, out_dim)]
         for _ in range(depth - 1):
             layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
         self.net = nn.Sequential(*layers)
 
     def num_tokens(self, n_in: int) -> int:
-        return n_in
+        return n_in // self.token_merge**2
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.token_merge
+        b, n, d = x.shape
+        g = int(round(n**0.5))
+        if g * g != n or g % k:
+            raise ValueError(f"token_merge={k} needs a square grid divisible by {k}; got {n} tokens")
+        x = x.reshape(b, g // k, k, g // k, k, d).permute(0, 1, 3, 2, 4, 5)  # [B, g/k, g/k, k, k, D]
+        return x.reshape(b, (g // k) ** 2, k * k * d)
 
     def forward(self, features: torch.Tensor, instruction=None) -> torch.Tensor:
-        return self.net(features)  # [B, N, D_enc] -> [B, N, D_llm]
+        if self.token_merge > 1:
+            features = self.merge(features)  # [B, N, D] -> [B, N/k^2, k^2 D]
+        return self.net(features)  # -> [B, N', D_llm]
 
 
-def _build_mlp(in_dim: int, out_dim: int, *, depth: int) -> MLPProjector:
-    return MLPProjector(in_dim, out_dim, depth)
+def _build_mlp(in_dim: int, out_dim: int, *, depth: int, token_merge: int = 1) -> MLPProjector:
+    return MLPProjector(in_dim, out_dim, depth, token_merge)
 
 
 PROJECTORS.register("linear", partial(_build_mlp, depth=1))

@@ -22,6 +22,13 @@ def normalise(text: str) -> str:
     return " ".join(words)
 
 
+def first_answer(generated: str, target: str) -> str:
+    """The reply's first answer-length words. A model that answers and then fails to stop
+    (tiny models given a blank image do) still gave an answer; `exact_match` reports the
+    stricter whole-reply comparison beside it."""
+    return " ".join(normalise(generated).split()[: len(target.split())])
+
+
 @torch.no_grad()
 def generate_answers(model, records: list[Record], encoder: ExampleEncoder, batch_size: int,
                      max_new_tokens: int, device) -> list[str]:
@@ -54,30 +61,34 @@ def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_enc
     prompts = [replace(r, messages=r.messages[:-1]) for r in records]
     real = generate_answers(model, prompts, encoder, batch_size, max_new_tokens, device)
     blank = generate_answers(model, prompts, blank_encoder, batch_size, max_new_tokens, device)
-    groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"real": [], "blank": []})
+    groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     answers_by_type: dict[str, set[str]] = defaultdict(set)
     for r, t, a, b in zip(records, targets, real, blank):
         qtype, split = r.meta.get("type", "all"), r.meta.get("split", "all")
         answers_by_type[qtype].add(t)
-        hit, blank_hit = normalise(a) == t, normalise(b) == t
+        scores = {"real": first_answer(a, t) == t, "blank": first_answer(b, t) == t,
+                  "real_exact": normalise(a) == t, "blank_exact": normalise(b) == t}
         group = "separate" if split in separate_splits else "headline"
         for key in (group, f"type:{qtype}", f"split:{split}"):
-            groups[key]["real"].append(hit)
-            groups[key]["blank"].append(blank_hit)
+            for name, hit in scores.items():
+                groups[key][name].append(hit)
     # Chance: guessing uniformly among the answers a question type can have.
     chance = {q: 1 / len(a) for q, a in answers_by_type.items()}
+
+    def summary(g: dict[str, list[bool]]) -> dict:
+        return {"accuracy": _accuracy(g["real"]), "blank_media_accuracy": _accuracy(g["blank"]),
+                "exact_match": _accuracy(g["real_exact"]), "blank_exact_match": _accuracy(g["blank_exact"]),
+                "n": len(g["real"])}
+
     head = [r for r in records if r.meta.get("split", "all") not in separate_splits]
     result = {
-        "accuracy": _accuracy(groups["headline"]["real"]),
-        "blank_media_accuracy": _accuracy(groups["headline"]["blank"]),
+        **summary(groups["headline"]),
         "chance": round(sum(chance[r.meta.get("type", "all")] for r in head) / max(len(head), 1), 4),
-        "n": len(head),
-        "by_type": {k[5:]: {"accuracy": _accuracy(v["real"]), "blank_media_accuracy": _accuracy(v["blank"]),
-                            "chance": round(chance[k[5:]], 4), "n": len(v["real"])}
+        "scoring": "accuracy: the reply's first answer-length words equal the reference after "
+                   "lower-casing and dropping punctuation; exact_match: the whole reply does",
+        "by_type": {k[5:]: {**summary(v), "chance": round(chance[k[5:]], 4)}
                     for k, v in sorted(groups.items()) if k.startswith("type:")},
-        "by_split": {k[6:]: {"accuracy": _accuracy(v["real"]), "blank_media_accuracy": _accuracy(v["blank"]),
-                             "n": len(v["real"])}
-                     for k, v in sorted(groups.items()) if k.startswith("split:")},
+        "by_split": {k[6:]: summary(v) for k, v in sorted(groups.items()) if k.startswith("split:")},
         "reported_separately": list(separate_splits),
         "examples": [{"id": r.id, "question": r.messages[-2]["content"], "target": t, "answer": a,
                       "blank_answer": b} for r, t, a, b in list(zip(records, targets, real, blank))[:8]],
