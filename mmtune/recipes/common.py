@@ -44,7 +44,13 @@ def make_accelerator(mixed_precision: str):
     """Without a GPU, say so: accelerate then joins `torchrun` / `accelerate launch --multi_gpu`
     processes over gloo (multi-CPU) instead of running each one alone."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        # accelerate keeps one precision per process; a process that runs several recipes
+        # (the test suite, a notebook) must drop that singleton to change it. The process
+        # group (PartialState) is kept.
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
