@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .export import add_export_parser
+
 
 def _train(args) -> None:
     from . import recipes  # noqa: F401  (fills RECIPES)
@@ -45,12 +47,17 @@ def _eval(args) -> None:
 
 
 def _print_eval(result: dict) -> None:
-    print(f"{'question type':<16}{'n':>5}{'with image':>12}{'blank image':>13}{'chance':>8}")
+    def num(x) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    print(f"{'question type':<16}{'n':>5}{'with media':>12}{'blank media':>13}{'chance':>8}")
     for qtype, r in result["by_type"].items():
-        print(f"{qtype:<16}{r['n']:>5}{r['accuracy']:>12.3f}{r['blank_media_accuracy']:>13.3f}{r['chance']:>8.3f}")
+        print(f"{qtype:<16}{r['n']:>5}{num(r['accuracy']):>12}{num(r['blank_media_accuracy']):>13}"
+              f"{num(r['chance']):>8}")
     sep = ", ".join(result.get("reported_separately", [])) or "none"
-    print(f"{'overall':<16}{result['n']:>5}{result['accuracy']:>12.3f}{result['blank_media_accuracy']:>13.3f}"
-          f"{result['chance']:>8.3f}   (splits reported separately: {sep})")
+    print(f"{'overall':<16}{result['n']:>5}{num(result['accuracy']):>12}"
+          f"{num(result['blank_media_accuracy']):>13}{num(result['chance']):>8}   "
+          f"(splits reported separately: {sep})")
 
 
 def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> str:
@@ -86,10 +93,13 @@ def _zoo(args) -> None:
 
 
 def _synth(args) -> None:
-    from .data import synth_shapes
+    from .data import synth_shapes, synth_text
 
-    tasks = {"shapes": synth_shapes.generate}
-    meta = tasks[args.task](args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    tasks = {"shapes": synth_shapes.generate, "text": synth_text.generate}
+    kwargs = {"skills": tuple(args.skills.split(","))} if args.skills else {}
+    if kwargs and args.task != "text":
+        raise SystemExit("--skills applies to `data synth text` only")
+    meta = tasks[args.task](args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, **kwargs)
     print(json.dumps(meta["counts"], indent=1))
     print(f"wrote {args.out}")
 
@@ -151,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write a synthetic task")
-    s.add_argument("task", choices=["shapes"])
+    s.add_argument("task", choices=["shapes", "text"])
+    s.add_argument("--skills", help="text only: comma-separated, from reverse,recall")
     s.add_argument("--out", required=True)
     s.add_argument("--n-train", type=int, default=4000)
     s.add_argument("--n-test", type=int, default=600)
@@ -162,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="runs/demo")
     m.add_argument("overrides", nargs="*", help="key.path=value overrides of the tiny config")
     m.set_defaults(fn=_demo)
+    add_export_parser(sub)
     return p
 
 

@@ -147,8 +147,11 @@ class MultimodalLM(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [B, T, V]. The loss is left to the caller, who knows the token normaliser."""
         embeds = self.embed(batch)
-        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False)
+        # Packed rows: position ids restart per example and no 2-D mask is passed, so
+        # transformers builds a block-diagonal causal mask from the position ids.
+        mask = None if batch.position_ids is not None else batch.attention_mask
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.position_ids,
+                       use_cache=False)
         return out.logits
 
     @torch.no_grad()

@@ -69,6 +69,22 @@ def _tiny_llava() -> dict:
 PRESETS.register("tiny-llava", _tiny_llava)
 
 
+def _tiny_lm() -> dict:
+    """A text-only tiny Llama for SFT / QLoRA on the synthetic text skills."""
+    from .data.tokenizer import build_word_tokenizer, synthetic_words
+
+    vocab = len(build_word_tokenizer(synthetic_words()))
+    return {"llm": {"arch": {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+                             "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+                             "vocab_size": vocab, "max_position_embeddings": 256,
+                             "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 2,
+                             "eos_token_id": 3}},
+            "tokenizer": {"type": "synthetic"}}
+
+
+PRESETS.register("tiny-lm", _tiny_lm)
+
+
 def resolve_model(data: dict) -> dict:
     """Expand `preset:` — the preset's fields lie under the ones given explicitly."""
     name = data.get("preset")

@@ -36,7 +36,7 @@ def test_eval_writes_and_prints(trained, capsys):
     cli(["eval", str(run), "--data", str(data / "test.jsonl")])
     result = json.loads((run / "eval.json").read_text())
     assert {"accuracy", "blank_media_accuracy", "chance", "by_type", "by_split"} <= set(result)
-    assert "with image" in capsys.readouterr().out
+    assert "with media" in capsys.readouterr().out
 
 
 def test_chat_answers(trained, capsys):

@@ -174,8 +174,8 @@ def test_convert_dispatch_and_unknown_format(tmp_path):
         "id": f"{path}:1",
         "messages": [{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}],
     }]
-    assert sorted(FORMATS) == ["alpaca", "llava", "mmtune", "sharegpt"]
-    with pytest.raises(ValueError, match=re.escape("unknown data format 'csv'; known: alpaca, llava, mmtune, sharegpt")):
+    assert sorted(FORMATS) == ["alpaca", "dolly", "llava", "mmtune", "sharegpt"]
+    with pytest.raises(ValueError, match=re.escape("unknown data format 'csv'; known: alpaca, dolly, llava, mmtune, sharegpt")):
         list(convert(path, "csv"))
 
 

@@ -28,9 +28,22 @@ def _user_assistant(default_system: str | None) -> str:
             "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
 
 
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+# Llama-2-chat: `<s>[INST] <<SYS>>\nsys\n<</SYS>>\n\nq [/INST] a </s><s>[INST] q2 [/INST]`.
+_LLAMA2 = ("{% if messages[0].role == 'system' %}{% set sys = messages[0].content %}"
+           "{% set msgs = messages[1:] %}{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}"
+           "{% for m in msgs %}{% if m.role == 'user' %}{{ bos_token }}[INST] "
+           "{% if loop.first and sys %}<<SYS>>\n{{ sys }}\n<</SYS>>\n\n{% endif %}{{ m.content }} [/INST]"
+           "{% elif m.role == 'assistant' %} {{ m.content }} {{ eos_token }}{% endif %}{% endfor %}")
+
 TEMPLATES: dict[str, str] = {
     # LLaVA-1.5 / Vicuna-1.1 conversation template (LLaVA's `conv_vicuna_v1`).
     "llava_v1": _user_assistant(LLAVA_SYSTEM),
+    # Vicuna v1.1 itself (FastChat's `vicuna_v1.1`).
+    "vicuna": _user_assistant(VICUNA_SYSTEM),
+    "llama-2": _LLAMA2,
     # The same layout without a default system prompt (mmtune's tiny tokenizer uses it).
     "user_assistant": _user_assistant(None),
     # LLaVA's feature-alignment stage: media then caption, no instruction, no roles.

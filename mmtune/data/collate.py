@@ -136,25 +136,60 @@ class ExampleEncoder:
 
 
 def collate(examples: list[Example | Dropped], pad_id: int, left_pad: bool = False) -> Batch:
-    """Pad to the longest row (right for training, left for generation) and stack media."""
+    """One example per row, padded to the longest (right for training, left for generation)."""
     kept = [e for e in examples if isinstance(e, Example)]
-    dropped = [f"{e.id}: {e.reason}" for e in examples if isinstance(e, Dropped)]
-    width = max((len(e.input_ids) for e in kept), default=0)
-    ids = torch.full((len(kept), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(kept), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(kept), width), dtype=torch.long)
-    for row, e in enumerate(kept):
+    return _batch([[e] for e in kept], examples, pad_id, left_pad, packed=False)
+
+
+def pack(examples: list[Example | Dropped], pad_id: int, max_length: int) -> Batch:
+    """Several examples per row (first-fit by decreasing length, up to `max_length` tokens).
+
+    Position ids restart at 0 for every example, and the model then builds a block-diagonal
+    causal mask from them (transformers does so when no 2-D attention mask is passed), so no
+    token attends across examples. An example's first token never carries loss (it is prompt),
+    so the loss of a packed row equals the losses of its examples computed apart.
+    """
+    kept = sorted((e for e in examples if isinstance(e, Example)), key=lambda e: -len(e.input_ids))
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for e in kept:
         n = len(e.input_ids)
-        cols = slice(width - n, width) if left_pad else slice(0, n)
-        ids[row, cols] = torch.tensor(e.input_ids)
-        labels[row, cols] = torch.tensor(e.labels)
-        mask[row, cols] = 1
-    modalities = sorted({m for e in kept for m in e.media})
-    media = {m: torch.cat([e.media[m] for e in kept if m in e.media]) for m in modalities}
-    per_row = {m: [len(e.media[m]) if m in e.media else 0 for e in kept] for m in modalities}
+        slot = next((i for i, r in enumerate(room) if r >= n), None)
+        if slot is None:
+            rows.append([e])
+            room.append(max_length - n)
+        else:
+            rows[slot].append(e)
+            room[slot] -= n
+    return _batch(rows, examples, pad_id, left_pad=False, packed=True)
+
+
+def _batch(rows: list[list[Example]], examples: list, pad_id: int, left_pad: bool, packed: bool) -> Batch:
+    dropped = [f"{e.id}: {e.reason}" for e in examples if isinstance(e, Dropped)]
+    lengths = [sum(len(e.input_ids) for e in row) for row in rows]
+    width = max(lengths, default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (row, n) in enumerate(zip(rows, lengths)):
+        start = width - n if left_pad else 0
+        for e in row:
+            k = len(e.input_ids)
+            ids[r, start:start + k] = torch.tensor(e.input_ids)
+            labels[r, start:start + k] = torch.tensor(e.labels)
+            mask[r, start:start + k] = 1
+            positions[r, start:start + k] = torch.arange(k)
+            start += k
+        if packed and n < width:  # the padding tail is a segment of its own
+            positions[r, n:] = torch.arange(width - n)
+    flat = [e for row in rows for e in row]  # media in placeholder order: row by row
+    modalities = sorted({m for e in flat for m in e.media})
+    media = {m: torch.cat([e.media[m] for e in flat if m in e.media]) for m in modalities}
+    per_row = {m: [sum(len(e.media[m]) for e in row if m in e.media) for row in rows] for m in modalities}
     return Batch(input_ids=ids, attention_mask=mask, labels=labels, media=media,
-                 media_per_row=per_row, ids=[e.id for e in kept], dropped=dropped,
-                 truncated=sum(e.truncated for e in kept))
+                 media_per_row=per_row, ids=[e.id for e in flat], dropped=dropped,
+                 truncated=sum(e.truncated for e in flat), position_ids=positions if packed else None)
 
 
 @dataclass

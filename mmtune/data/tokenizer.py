@@ -19,9 +19,10 @@ TEMPLATE_WORDS = ["USER", "ASSISTANT", ":"]
 def synthetic_words() -> list[str]:
     """Every word the synthetic tasks use, in a fixed order (ids must not depend on data)."""
     from .synth_shapes import VOCAB as SHAPES_VOCAB
+    from .synth_text import VOCAB as TEXT_VOCAB
 
     words: list[str] = []
-    for w in TEMPLATE_WORDS + list(SHAPES_VOCAB):
+    for w in TEMPLATE_WORDS + list(SHAPES_VOCAB) + list(TEXT_VOCAB):  # append-only: ids stay
         if w not in words:
             words.append(w)
     return words

@@ -10,7 +10,7 @@ import torch
 
 from ..config import RecipeConfig, from_dict, load_yaml, merge, parse_overrides, save_yaml
 from ..data.chat import resolve_template
-from ..data.collate import ExampleEncoder, RecordDataset, collate
+from ..data.collate import ExampleEncoder, RecordDataset, collate, pack
 from ..data.records import read_records
 from ..encoders.base import blank_image
 from ..model import MultimodalLM
@@ -82,6 +82,8 @@ def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, templ
         print(f"skipped {len(bad)} bad record(s) in {data_file}, e.g. {bad[0]}")
     dataset = RecordDataset(records, example_encoder(model, cfg, template, caption_task))
     pad = model.tokenizer.pad_token_id
+    if cfg.train.packing:
+        return dataset, lambda examples: pack(examples, pad, cfg.train.max_length), len(bad)
     return dataset, lambda examples: collate(examples, pad), len(bad)
 
 
@@ -90,7 +92,7 @@ def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device
     if cfg.eval.limit:
         records = records[: cfg.eval.limit]
     enc = example_encoder(model, cfg, None)
-    blank = example_encoder(model, cfg, None, blank=True)
+    blank = example_encoder(model, cfg, None, blank=True) if len(model.encoders) else None
     return evaluate_qa(model, records, enc, blank, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                        device, tuple(cfg.eval.separate_splits))
 

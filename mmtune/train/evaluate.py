@@ -44,11 +44,11 @@ def generate_answers(model, records: list[Record], encoder: ExampleEncoder, batc
     return answers
 
 
-def _accuracy(hits: list[bool]) -> float:
-    return round(sum(hits) / len(hits), 4) if hits else float("nan")
+def _accuracy(hits: list[bool]) -> float | None:
+    return round(sum(hits) / len(hits), 4) if hits else None
 
 
-def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_encoder: ExampleEncoder,
+def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_encoder: ExampleEncoder | None,
                 batch_size: int = 64, max_new_tokens: int = 8, device="cpu",
                 separate_splits: tuple[str, ...] = ()) -> dict:
     """Exact-match accuracy (after lower-casing and dropping punctuation) of the last
@@ -60,14 +60,17 @@ def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_enc
     targets = [normalise(r.messages[-1]["content"]) for r in records]
     prompts = [replace(r, messages=r.messages[:-1]) for r in records]
     real = generate_answers(model, prompts, encoder, batch_size, max_new_tokens, device)
-    blank = generate_answers(model, prompts, blank_encoder, batch_size, max_new_tokens, device)
+    # Text-only models have no medium to blank: their blank scores are reported as null.
+    blank = (generate_answers(model, prompts, blank_encoder, batch_size, max_new_tokens, device)
+             if blank_encoder is not None else [None] * len(records))
     groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     answers_by_type: dict[str, set[str]] = defaultdict(set)
     for r, t, a, b in zip(records, targets, real, blank):
         qtype, split = r.meta.get("type", "all"), r.meta.get("split", "all")
         answers_by_type[qtype].add(t)
-        scores = {"real": first_answer(a, t) == t, "blank": first_answer(b, t) == t,
-                  "real_exact": normalise(a) == t, "blank_exact": normalise(b) == t}
+        scores = {"real": first_answer(a, t) == t, "real_exact": normalise(a) == t}
+        if b is not None:
+            scores.update(blank=first_answer(b, t) == t, blank_exact=normalise(b) == t)
         group = "separate" if split in separate_splits else "headline"
         for key in (group, f"type:{qtype}", f"split:{split}"):
             for name, hit in scores.items():

@@ -77,6 +77,7 @@ class StepResult:
     loss: float  # mean loss per supervised token over the step (all processes)
     tokens: int  # supervised tokens in the step (all processes)
     seen_tokens: int  # non-pad tokens in the step on this process
+    computed_tokens: int  # rows x width: what the model computed, padding included
     grad_norm: float
 
 
@@ -105,8 +106,9 @@ def train_step(model, micro_batches: list[Batch], optimizer, scheduler, accelera
     optimizer.zero_grad(set_to_none=True)
     summed = accelerator.reduce(summed, reduction="sum")
     seen = sum(int(b.attention_mask.sum()) for b in micro_batches)
+    computed = sum(b.input_ids.numel() for b in micro_batches)
     return StepResult(loss=float(summed / denom), tokens=int(total), seen_tokens=seen,
-                      grad_norm=float(grad_norm))
+                      computed_tokens=computed, grad_norm=float(grad_norm))
 
 
 class Throughput:
