@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write a synthetic task")
     s.add_argument("task", choices=["shapes", "text"])
-    s.add_argument("--skills", help="text only: comma-separated, from reverse,recall")
+    s.add_argument("--skills", help="text only: comma-separated, from reverse,copy,recall (default reverse)")
     s.add_argument("--out", required=True)
     s.add_argument("--n-train", type=int, default=4000)
     s.add_argument("--n-test", type=int, default=600)

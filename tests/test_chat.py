@@ -31,7 +31,8 @@ CHATML = ["<|im_start|>", "<|im_end|>"]
 # The text each template puts after an assistant answer; it carries loss with the answer.
 # (chatml's per-turn suffix is "<|im_end|>\n": the newline is part of the turn, as in Qwen's
 # own fine-tuning code, so it is supervised too.)
-END_OF_TURN = {"llava_v1": "</s>", "user_assistant": "</s>", "plain": "</s>", "chatml": "<|im_end|>\n"}
+END_OF_TURN = {"llava_v1": "</s>", "vicuna": "</s>", "llama-2": " </s>", "user_assistant": "</s>",
+               "plain": "</s>", "chatml": "<|im_end|>\n"}
 
 
 def _words(text: str) -> list[str]:
@@ -281,8 +282,8 @@ def test_resolve_template_named_and_tokenizer_own(word_tok):
 
 
 def test_resolve_template_unknown_name(word_tok):
-    with pytest.raises(TemplateError, match=r"unknown chat template 'vicuna'.*llava_v1"):
-        resolve_template(word_tok, "vicuna")
+    with pytest.raises(TemplateError, match=r"unknown chat template 'alpaca'.*llava_v1"):
+        resolve_template(word_tok, "alpaca")
 
 
 def test_resolve_template_tokenizer_without_template():

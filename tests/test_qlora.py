@@ -134,9 +134,10 @@ def test_nf4_weights_are_a_fraction_of_full_precision(tmp_path):
     lin32, lin16, lin4 = (weight_bytes(m, only=in_layers) for m in (fp32, bf16, nf4))
     n_weights = sum(m.in_features * m.out_features for m in decoder_linears(fp32).values())
     assert lin32 == 4 * n_weights and lin16 == 2 * n_weights
-    # 4 bits + an 8-bit absmax per 64 + an fp32 absmax per 256 x 64 (+ small code books).
+    # 4 bits + an 8-bit absmax per 64 + an fp32 absmax per 256 x 64 = 4.127, plus each layer's
+    # own code books (16 + 256 fp32: ~1 KiB, a visible 0.05 bits at these tiny layer sizes).
     bits_per_weight = 8 * lin4 / n_weights
-    assert 4.12 < bits_per_weight < 4.2, bits_per_weight
+    assert 4.125 < bits_per_weight < 4.25, bits_per_weight
     assert lin4 / lin32 < 0.135 and lin4 / lin16 < 0.27
     total32, total4 = weight_bytes(fp32), weight_bytes(nf4)
     assert total4 / total32 < 0.25, (total4, total32)  # embeddings / head / norms stay fp32
@@ -157,25 +158,43 @@ def test_qlora_steps_on_cpu_reduce_the_loss(base):
     lora = {n: p for n, p in model.llm.named_parameters() if p.requires_grad}
     assert lora and all("lora_" in n for n in lora)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in lora} == set(LINEARS)  # all-linear
-    frozen = {n: m.weight.data.clone() for n, m in decoder_linears(model.llm).items()
-              if isinstance(m, bnb.nn.Linear4bit)}
+    frozen = {n: m.weight.data.clone() for n, m in model.llm.named_modules()
+              if isinstance(m, bnb.nn.Linear4bit)}  # peft's lora.Linear4bit wraps them
     assert len(frozen) == 14
 
     assert kbit_optimizer(trainable, 1e-2, (0.9, 0.999), 0.0, "cpu") is None  # caller: AdamW
-    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    opt = torch.optim.AdamW(lora.values(), lr=1e-2)  # the adapters alone
     batch = make_batch(model)
     losses = []
-    for _ in range(6):
+    for _ in range(8):
         loss = loss_of(model, batch)
         opt.zero_grad()
         loss.backward()
-        assert all(p.grad is not None for p in lora.values())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values())
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
-    for n, m in decoder_linears(model.llm).items():  # the 4-bit base never changes
+    assert losses[-1] < 0.9 * losses[0] and min(losses[4:]) < min(losses[:4]), losses
+    for n, m in model.llm.named_modules():  # the 4-bit base never changes
         if n in frozen:
             assert torch.equal(m.weight.data, frozen[n]), n
+
+
+def test_gradient_checkpointing_is_off_by_default_and_can_be_turned_on(base):
+    from mmtune.config import LoraConfig
+    from mmtune.llm import add_lora
+
+    def checkpointing(llm) -> bool:  # transformers 5 renamed it; older ones lack the new name
+        new = hasattr(type(llm), "is_activation_checkpointing")
+        return getattr(llm, "is_activation_checkpointing" if new else "is_gradient_checkpointing")
+
+    assert not checkpointing(load_llm(LLMConfig(path=str(base), quantize="nf4")))
+    llm = load_llm(LLMConfig(path=str(base), quantize="nf4"), gradient_checkpointing=True)
+    assert checkpointing(llm)
+    llm = add_lora(llm, LoraConfig(r=4, dropout=0.0)).train()
+    ids = torch.tensor([[BOS, 5, 6, 7, 8, 9]])
+    llm(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in llm.named_parameters() if "lora_A" in n]
+    assert len(grads) == 14 and all(g is not None for g in grads)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -198,7 +217,8 @@ def test_adapter_saved_in_peft_format_and_reloads_to_the_same_logits(base, tmp_p
     adapter = tmp_path / "m" / "llm_adapter"
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and cfg["task_type"] == "CAUSAL_LM"
-    assert set(cfg["target_modules"]) == set(LINEARS)
+    targets = cfg["target_modules"]  # "all-linear", resolved by peft to the module names
+    assert len(targets) == 14 and {t.rsplit(".", 1)[-1] for t in targets} == set(LINEARS)
     tensors = load_file(adapter / "adapter_model.safetensors")
     assert len(tensors) == 2 * 14 and all("lora_A" in k or "lora_B" in k for k in tensors)
     assert not (tmp_path / "m" / "llm").exists()  # the base stays where it was loaded from

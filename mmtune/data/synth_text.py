@@ -1,7 +1,9 @@
 """Synthetic text skills whose answers follow a rule, for proving text SFT / QLoRA learn.
 
 - `reverse`: "reverse : red circle two" -> "two circle red" (3-5 words)
-- `recall`: "a = red , b = two , c = blue . what is b ?" -> "two" (3-5 key-value pairs)
+- `copy`: "copy : red circle two" -> "red circle two" (3-5 words)
+- `recall`: "a = red , b = two , c = blue . what is b ?" -> "two" (3-5 key-value pairs; a tiny
+  model from scratch needs far more steps for this one: 0.36 after 600 steps, reverse 0.995)
 
 Held-out questions are new random instances, checked not to occur in the training set, so
 exact match on them measures the skill, not memory. Deterministic for a seed.
@@ -15,13 +17,18 @@ from pathlib import Path
 WORDS = ("red", "green", "blue", "yellow", "circle", "square", "triangle", "one", "two",
          "three", "left", "right", "big", "small", "dog", "cat")
 KEYS = ("a", "b", "c", "d", "e", "f", "g", "h")
-SKILLS = ("reverse", "recall")
-VOCAB: list[str] = [*WORDS, *KEYS, "reverse", ":", "=", ",", ".", "what", "is", "?"]
+SKILLS = ("reverse", "copy", "recall")
+VOCAB: list[str] = [*WORDS, *KEYS, "reverse", ":", "=", ",", ".", "what", "is", "?", "copy"]
 
 
 def _reverse(rng: random.Random) -> tuple[str, str]:
     words = [rng.choice(WORDS) for _ in range(rng.randint(3, 5))]
     return "reverse : " + " ".join(words), " ".join(reversed(words))
+
+
+def _copy(rng: random.Random) -> tuple[str, str]:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 5))]
+    return "copy : " + " ".join(words), " ".join(words)
 
 
 def _recall(rng: random.Random) -> tuple[str, str]:
@@ -32,11 +39,11 @@ def _recall(rng: random.Random) -> tuple[str, str]:
     return f"{pairs} . what is {keys[i]} ?", values[i]
 
 
-_MAKERS = {"reverse": _reverse, "recall": _recall}
+_MAKERS = {"reverse": _reverse, "copy": _copy, "recall": _recall}
 
 
 def generate(out_dir: str | Path, n_train: int = 4000, n_test: int = 400, seed: int = 0,
-             skills: tuple[str, ...] = SKILLS) -> dict:
+             skills: tuple[str, ...] = ("reverse",)) -> dict:
     unknown = [s for s in skills if s not in _MAKERS]
     if unknown:
         raise ValueError(f"unknown skill(s) {unknown}; known: {list(_MAKERS)}")
