@@ -171,7 +171,8 @@ class MultimodalLM(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         cfg = dataclasses.replace(self.config, preset=None)
-        llm_cfg = dataclasses.replace(cfg.llm, arch={}, quantize=None)
+        # `quantize` is kept: a reload quantises the same base again, as it was trained.
+        llm_cfg = dataclasses.replace(cfg.llm, arch={})
         if hasattr(self.llm, "peft_config"):
             self.llm.save_pretrained(out / "llm_adapter")
             if self.config.llm.path is None:  # random-init base exists nowhere else

@@ -223,11 +223,8 @@ def test_adapter_saved_in_peft_format_and_reloads_to_the_same_logits(base, tmp_p
     assert len(tensors) == 2 * 14 and all("lora_A" in k or "lora_B" in k for k in tensors)
     assert not (tmp_path / "m" / "llm").exists()  # the base stays where it was loaded from
 
-    # Reload in 4-bit (model.py's saved config drops `quantize`; put it back for this check).
-    saved = tmp_path / "m" / "mmtune_config.json"
-    d = json.loads(saved.read_text())
-    d["llm"]["quantize"] = "nf4"
-    saved.write_text(json.dumps(d))
+    # The saved config keeps `quantize`, so a reload is the 4-bit model that was trained.
+    assert json.loads((tmp_path / "m" / "mmtune_config.json").read_text())["llm"]["quantize"] == "nf4"
     loaded = MultimodalLM.from_pretrained(tmp_path / "m").eval()
     assert is_4bit(loaded.llm.get_base_model())
     assert isinstance(loaded.llm.get_base_model().model.layers[0].mlp.up_proj.base_layer, bnb.nn.Linear4bit)
@@ -311,3 +308,13 @@ def test_export_merge_of_a_random_init_lora_model(tmp_path, tiny_model):
         want = model.llm(ids).logits
         got = AutoModelForCausalLM.from_pretrained(out)(ids).logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_training_a_4bit_llm_without_lora_is_a_config_error(base):
+    from mmtune.train.params import set_trainable
+
+    d = tiny_model_dict(llm={"path": str(base), "quantize": "nf4", "lora": {"r": 0}})
+    del d["llm"]["arch"]
+    model = MultimodalLM.build(from_dict(ModelConfig, d))
+    with pytest.raises(ValueError, match="lora.r > 0"):
+        set_trainable(model, ["projector", "llm"])

@@ -19,8 +19,9 @@ def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None
         raise ValueError("qlora needs model.llm.quantize: nf4 and model.llm.lora.r > 0 "
                          f"(got quantize={cfg.model.llm.quantize!r}, lora.r={cfg.model.llm.lora.r})")
     if cfg.model.llm.path is None:
-        raise ValueError("qlora quantises a trained base: set model.llm.path to a saved model "
-                         "(e.g. <run>/model/llm of an sft run)")
+        raise ValueError("qlora quantises a saved base: set model.llm.path to a HF model directory "
+                         "(a full-finetune sft run's <run>/model/llm, or `mmtune export RUN --merge` "
+                         "output for a LoRA run)")
     return sft_main(cfg, run_dir, stages, resume, evaluate, stop_after)
 
 

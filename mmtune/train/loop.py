@@ -28,7 +28,14 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
 
 
-def make_optimizer(params, stage: StageConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, stage: StageConfig, device=None, kbit: bool = False) -> torch.optim.Optimizer:
+    """AdamW; for a 4-bit (QLoRA) model on CUDA, bitsandbytes' paged 8-bit AdamW as in the paper."""
+    if kbit and device is not None:
+        from ..llm import kbit_optimizer
+
+        paged = kbit_optimizer(params, stage.lr, stage.betas, stage.weight_decay, device)
+        if paged is not None:
+            return paged
     return torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay)
 
 

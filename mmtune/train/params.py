@@ -18,6 +18,9 @@ def set_trainable(model, parts: list[str], where: str = "stage.train") -> None:
     if "projector" in parts:
         model.projectors.requires_grad_(True)
     if "llm" in parts:
+        if model.config.llm.quantize and model.config.llm.lora.r <= 0:
+            raise ValueError(f"{where}: the LLM is loaded in 4-bit ({model.config.llm.quantize}); its "
+                             "weights cannot be trained: set model.llm.lora.r > 0 (QLoRA)")
         if model.config.llm.lora.r > 0:
             model.enable_lora()
             for name, p in model.llm.named_parameters():
