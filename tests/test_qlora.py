@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-bnb = pytest.importorskip("bitsandbytes")
+import bitsandbytes as bnb  # noqa: E402  (a test dependency: QLoRA runs on CPU)
 
 from mmtune.config import LLMConfig, ModelConfig, from_dict  # noqa: E402
 from mmtune.data.collate import Example, collate  # noqa: E402
