@@ -13,59 +13,15 @@ format would read each as a media slot with no file.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from collections import Counter
-from pathlib import Path
 
-from mmtune.data.formats import from_dolly, placeholders_in, read_json_or_jsonl, write_jsonl
+from mmtune.data.formats import convert_cli
 
-TEXT_FIELDS = ("instruction", "context", "response")
-SHOW_SKIPPED = 10  # how many left-out items to list before only counting
+INPUT_HELP = "databricks-dolly-15k.jsonl (.json lists and .gz are read too)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--input", required=True, type=Path,
-                    help="databricks-dolly-15k.jsonl (.json lists and .gz are read too)")
-    ap.add_argument("--out", required=True, type=Path, help="output .jsonl")
-    ap.add_argument("--limit", type=int, help="convert only the first N items")
-    args = ap.parse_args(argv)
-    if not args.input.is_file():
-        ap.error(f"--input {args.input} is not a file")
-    if args.limit is not None and args.limit < 0:
-        ap.error("--limit must be >= 0")
-
-    read, skipped = 0, 0
-    categories = Counter()  # records written per category
-
-    def records():
-        nonlocal read, skipped
-        for n, (where, item) in enumerate(read_json_or_jsonl(args.input)):
-            if args.limit is not None and n >= args.limit:
-                return
-            read += 1
-            found = placeholders_in(*(item[k] for k in TEXT_FIELDS if isinstance(item.get(k), str)))
-            if found:
-                skipped += 1
-                if skipped <= SHOW_SKIPPED:
-                    print(f"left out: {where}: media placeholder {found[0]} in the text", file=sys.stderr)
-                continue
-            record = {**from_dolly(item, where), "id": f"dolly-{n}"}
-            categories[record.get("meta", {}).get("category", "(none)")] += 1
-            yield record
-
-    try:
-        written = write_jsonl(records(), args.out)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"read {read} items from {args.input}")
-    print(f"skipped {skipped} items (media placeholder in the text)")
-    print(f"wrote {written} records to {args.out}")
-    for category, n in sorted(categories.items()):
-        print(f"  {category}: {n}")
-    return 0
+    return convert_cli(argv, "dolly", __doc__, INPUT_HELP, by_category=True)
 
 
 if __name__ == "__main__":

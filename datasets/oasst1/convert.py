@@ -13,7 +13,7 @@ Reads either published shape: the flat message table (*.messages.jsonl[.gz]) or 
 trees (*.trees.jsonl[.gz]). The whole file is loaded to rebuild the trees (the ready export is
 ~88K messages, a few hundred MB of RAM). Deleted messages, messages that failed review, other
 languages and messages with a media placeholder in their text are left out with everything
-below them; see mmtune.data.formats.oasst_threads for how threads are chosen.
+below them; see mmtune.data.formats_oasst.oasst_threads for how threads are chosen.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mmtune.data.formats import oasst_threads, read_json_or_jsonl, write_jsonl
+from mmtune.data.formats import parse_convert_args, read_json_or_jsonl, write_jsonl
+from mmtune.data.formats_oasst import oasst_threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-paths", action="store_true",
                     help="one record per root-to-leaf thread, not only the best-ranked one per tree")
     ap.add_argument("--limit", type=int, help="write at most N records")
-    args = ap.parse_args(argv)
-    if not args.input.is_file():
-        ap.error(f"--input {args.input} is not a file")
-    if args.limit is not None and args.limit < 0:
-        ap.error("--limit must be >= 0")
+    args = parse_convert_args(ap, argv)
     lang = None if args.lang == "all" else args.lang
 
     stats = Counter()

@@ -11,13 +11,17 @@ relative to the JSONL file's directory unless absolute.
 
 Every reader takes `where` (e.g. "data.jsonl:12" or "data.json[3]") and puts it in its
 errors, so a bad item among hundreds of thousands can be found and fixed by hand.
+`convert_file` converts a whole file. OpenAssistant trees are read by `formats_oasst`
+(`oasst_threads`, also importable from here).
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -188,172 +192,6 @@ def from_mmtune(sample: dict, where: str) -> dict:
     return record
 
 
-_OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
-
-
-def oasst_tree_messages(tree: dict, where: str) -> Iterator[tuple[str, dict]]:
-    """Flatten one line of an OpenAssistant `*.trees.jsonl` file into (where, message) pairs.
-
-    A tree line is {"message_tree_id", "tree_state", "prompt": message with nested "replies"}.
-    Messages come out depth-first, as in the `*.messages.jsonl` files, without "replies" and
-    with "parent_id" and "message_tree_id" set from their place in the tree. `where` of each
-    names its path, e.g. "trees.jsonl:4: prompt.replies[1].replies[0]".
-    """
-    tree_id = _field(tree, "message_tree_id", where)
-    if tree.get("prompt") is None:  # "prompt" is optional in the export schema
-        return
-    stack: list[tuple[str, Any, str | None]] = [(f"{where}: prompt", tree["prompt"], None)]
-    while stack:
-        at, node, parent_id = stack.pop()
-        if not isinstance(node, dict):
-            raise ValueError(f"{at}: expected a JSON object, got {type(node).__name__}")
-        message_id = _field(node, "message_id", at)
-        replies = _field(node, "replies", at, list) if node.get("replies") is not None else []
-        message = {k: v for k, v in node.items() if k != "replies"}
-        message["parent_id"] = parent_id
-        message["message_tree_id"] = tree_id
-        yield at, message
-        stack.extend((f"{at}.replies[{i}]", replies[i], message_id) for i in reversed(range(len(replies))))
-
-
-def _oasst_check(message: dict, at: str) -> None:
-    """Check the fields oasst_threads reads, so a bad row is reported with its location."""
-    _field(message, "message_id", at)
-    if message.get("parent_id") is not None:  # null or absent: the tree's first message
-        _field(message, "parent_id", at)
-    role = _field(message, "role", at)
-    if role not in _OASST_ROLES:
-        raise ValueError(f"{at}: field 'role' is {role!r}; expected one of {sorted(_OASST_ROLES)}")
-    _field(message, "text", at)
-    for key, kind in (("message_tree_id", str), ("lang", str), ("rank", int), ("deleted", bool),
-                      ("review_result", bool)):
-        if message.get(key) is not None:
-            _field(message, key, at, kind)
-
-
-def oasst_threads(messages: Iterable[dict | tuple[str, dict]], where: str, lang: str | None = "en",
-                  best_only: bool = True, stats: Counter | None = None) -> Iterator[dict]:
-    """OpenAssistant (oasst1/oasst2) message trees -> one record per conversation thread.
-
-    `messages` is the flat message table (rows of a `*.messages.jsonl` file: "message_id",
-    "parent_id", "role" "prompter"|"assistant", "text", "lang", "rank", "deleted",
-    "review_result", ...), in any order. Lines of a `*.trees.jsonl` file (nested "replies") are
-    accepted too and flattened. Items are dicts, located in errors as `where[i]`, or
-    (location, dict) pairs such as `read_json_or_jsonl` yields, located as given.
-
-    Trees are rebuilt from "parent_id". A message is left out, with everything below it, when it
-    is deleted, failed review (`review_result` false), is in another language than `lang` (None
-    keeps all), or contains a media placeholder. Prompter messages that got no (kept) answer are
-    pruned, so every thread ends with an assistant message. Siblings are ordered by "rank"
-    (0 = preferred; null ranks last; ties keep input order). With `best_only`, one thread per
-    tree follows the first sibling at every step; otherwise every root-to-leaf path is a thread,
-    best first. Roles: prompter -> user.
-
-    Records: {"id": the last message's id, "messages", "meta": {"message_tree_id", "lang"}}, in
-    the order the trees' first messages appear. Roles must alternate, starting with a prompter;
-    anything else is an error naming the message's location. If `stats` is given it is filled
-    with counts ("messages", "trees", "threads", "trees without an answer", "skipped: <why>")
-    once the iterator is exhausted.
-    """
-    stats = Counter() if stats is None else stats
-    rows: dict[str, tuple[str, dict]] = {}  # message_id -> (where, message), in input order
-    children: dict[str | None, list[str]] = {}
-    for i, item in enumerate(messages):
-        at, obj = item if isinstance(item, tuple) else (f"{where}[{i}]", item)
-        if isinstance(obj, dict) and "prompt" in obj and "message_id" not in obj:
-            flat: Iterable[tuple[str, dict]] = oasst_tree_messages(obj, at)
-        else:
-            flat = [(at, obj)]
-        for at, message in flat:
-            _oasst_check(message, at)
-            message_id = message["message_id"]
-            if message_id in rows:
-                raise ValueError(f"{at}: message_id {message_id!r} already seen at {rows[message_id][0]}")
-            rows[message_id] = (at, message)
-            children.setdefault(message.get("parent_id"), []).append(message_id)
-    stats["messages"] += len(rows)
-
-    def skip_reason(message: dict) -> str | None:
-        if message.get("deleted"):
-            return "deleted"
-        if message.get("review_result") is False:
-            return "failed review"
-        if lang is not None and message.get("lang") != lang:
-            return "other language"
-        if placeholders_in(message["text"]):
-            return "media placeholder in text"
-        return None
-
-    def below(message_id: str) -> int:
-        n, stack = 0, list(children.get(message_id, []))
-        while stack:
-            n += 1
-            stack.extend(children.get(stack.pop(), []))
-        return n
-
-    def rank(message_id: str) -> tuple[bool, int]:
-        r = rows[message_id][1].get("rank")
-        return (r is None, r or 0)
-
-    reached = 0
-    for root in children.get(None, []):
-        stats["trees"] += 1
-        reached += 1 + below(root)
-        kept: list[str] = []  # this tree's kept messages, parents before children
-        stack = [root]
-        while stack:
-            message_id = stack.pop()
-            at, message = rows[message_id]
-            reason = skip_reason(message)
-            if reason:
-                stats[f"skipped: {reason}"] += 1
-                n = below(message_id)
-                if n:
-                    stats["skipped: below a skipped message"] += n
-                continue
-            parent = message.get("parent_id")
-            if parent is None and message["role"] != "prompter":
-                raise ValueError(f"{at}: a tree must start with a 'prompter' message, got {message['role']!r}")
-            if parent is not None and message["role"] == rows[parent][1]["role"]:
-                raise ValueError(f"{at}: {message['role']!r} message replies to a {message['role']!r} "
-                                 "message; roles must alternate")
-            kept.append(message_id)
-            stack.extend(reversed(children.get(message_id, [])))
-        if not kept:  # the first message itself was left out
-            continue
-        live: dict[str, list[str]] = {}  # kept message -> its children that lead to an answer
-        for message_id in reversed(kept):
-            kids = [c for c in children.get(message_id, []) if c in live]
-            if kids or rows[message_id][1]["role"] == "assistant":
-                live[message_id] = sorted(kids, key=rank)
-        if root not in live:
-            stats["trees without an answer"] += 1
-            continue
-        if best_only:
-            paths = [[root]]
-            while live[paths[0][-1]]:
-                paths[0].append(live[paths[0][-1]][0])
-        else:
-            paths, todo = [], [[root]]
-            while todo:
-                path = todo.pop()
-                kids = live[path[-1]]
-                if not kids:
-                    paths.append(path)
-                todo.extend(path + [c] for c in reversed(kids))
-        root_message = rows[root][1]
-        meta = {"message_tree_id": root_message.get("message_tree_id") or root}
-        if root_message.get("lang") is not None:
-            meta["lang"] = root_message["lang"]
-        for path in paths:
-            turns = [{"role": _OASST_ROLES[rows[m][1]["role"]], "content": rows[m][1]["text"]}
-                     for m in path]
-            stats["threads"] += 1
-            yield _make(path[-1], turns, rows[path[-1]][0], {}, dict(meta))
-    if len(rows) > reached:  # rows whose parent is not in the table, and rows below them
-        stats["skipped: parent missing"] += len(rows) - reached
-
-
 FORMATS: dict[str, Callable[[dict, str], dict]] = {
     "llava": from_llava,
     "sharegpt": from_sharegpt,
@@ -361,6 +199,11 @@ FORMATS: dict[str, Callable[[dict, str], dict]] = {
     "dolly": from_dolly,
     "mmtune": from_mmtune,
 }
+
+# The text fields of the text-only formats: convert_file leaves out items with a media
+# placeholder in any of them (see placeholders_in).
+_TEXT_FIELDS = {"alpaca": ("instruction", "input", "output"),
+                "dolly": ("instruction", "context", "response")}
 
 
 def _open_text(path: Path, compressed: bool):
@@ -417,11 +260,15 @@ def convert(path: str | os.PathLike, fmt: str) -> Iterator[dict]:
 
     Media paths are passed through unchanged; see `rebase_media` to move them.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
-    reader = FORMATS[fmt]
+    reader = _reader(fmt)
     for where, obj in read_json_or_jsonl(path):
         yield reader(obj, where)
+
+
+def _reader(fmt: str) -> Callable[[dict, str], dict]:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+    return FORMATS[fmt]
 
 
 def rebase_media(record: dict, src_root: str | os.PathLike, out_dir: str | os.PathLike,
@@ -463,3 +310,85 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return n
+
+
+def convert_file(input: str | os.PathLike, out: str | os.PathLike, fmt: str, limit: int | None = None,
+                 id_prefix: str | None = None, show_skipped: int = 10) -> dict[str, Any]:
+    """Convert the items of `input` with FORMATS[fmt] and write them to `out` (see write_jsonl).
+
+    Only the first `limit` items are read when it is given. Items of a text-only format (alpaca,
+    dolly) with a media placeholder in their text are left out; the first `show_skipped` of
+    them are listed on stderr. With `id_prefix`, record ids are "<id_prefix>-<n>", n being the
+    item's 0-based position in the file. Returns the counts {"read", "skipped", "written",
+    "categories": Counter of the written records' meta.category, "(none)" for none}. Bad input
+    raises ValueError naming the item, a failed write OSError; `out` is then left untouched.
+    """
+    reader, text_fields = _reader(fmt), _TEXT_FIELDS.get(fmt, ())
+    counts: dict[str, Any] = {"read": 0, "skipped": 0, "categories": Counter()}
+
+    def records() -> Iterator[dict]:
+        for n, (where, item) in enumerate(read_json_or_jsonl(input)):
+            if limit is not None and n >= limit:
+                return
+            counts["read"] += 1
+            found = placeholders_in(*(item[k] for k in text_fields if isinstance(item.get(k), str)))
+            if found:
+                counts["skipped"] += 1
+                if counts["skipped"] <= show_skipped:
+                    print(f"left out: {where}: media placeholder {found[0]} in the text", file=sys.stderr)
+                continue
+            record = reader(item, where)
+            if id_prefix is not None:
+                record = {**record, "id": f"{id_prefix}-{n}"}
+            counts["categories"][record.get("meta", {}).get("category", "(none)")] += 1
+            yield record
+
+    counts["written"] = write_jsonl(records(), out)
+    return counts
+
+
+def parse_convert_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a converter's arguments; exit with a usage error (2) unless --input is a file and
+    --limit, when given, is >= 0."""
+    args = ap.parse_args(argv)
+    if not args.input.is_file():
+        ap.error(f"--input {args.input} is not a file")
+    if args.limit is not None and args.limit < 0:
+        ap.error("--limit must be >= 0")
+    return args
+
+
+def convert_cli(argv: list[str] | None, fmt: str, doc: str, input_help: str,
+                by_category: bool = False) -> int:
+    """The command line of a text dataset's `datasets/<fmt>/convert.py`; returns its exit code.
+
+    Takes --input, --out and --limit (first N items), converts with convert_file (record ids
+    "<fmt>-<n>") and prints what was read, skipped and written, then the records per category
+    with `by_category`. `doc` is the script's docstring (its first line describes the command).
+    Bad arguments exit with 2; a read or write error is printed as "error: ..." and returns 1.
+    """
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--input", required=True, type=Path, help=input_help)
+    ap.add_argument("--out", required=True, type=Path, help="output .jsonl")
+    ap.add_argument("--limit", type=int, help="convert only the first N items")
+    args = parse_convert_args(ap, argv)
+    try:
+        counts = convert_file(args.input, args.out, fmt, args.limit, id_prefix=fmt)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"read {counts['read']} items from {args.input}")
+    print(f"skipped {counts['skipped']} items (media placeholder in the text)")
+    print(f"wrote {counts['written']} records to {args.out}")
+    if by_category:
+        for category, n in sorted(counts["categories"].items()):
+            print(f"  {category}: {n}")
+    return 0
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export formats_oasst's readers, imported on first use (formats_oasst imports this module)."""
+    if name in ("oasst_threads", "oasst_tree_messages"):
+        from . import formats_oasst
+        return getattr(formats_oasst, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
