@@ -121,7 +121,7 @@ def _demo(args) -> None:
     cfg2, model = _load_run(str(out / "run"))
     print("\nsample chat (held-out images):")
     for ex in summary["eval"]["examples"][:4]:
-        image = str(out / "data" / "images" / (ex["id"].rsplit("_q", 1)[0] + ".png"))
+        image = ex["media"]["image"][0]
         question = ex["question"].replace("<image>", "").strip()
         print(f"  mmtune chat {out / 'run'} --image {image} \"{question}\"\n    -> {answer(model, cfg2, image, question)}"
               f"   (truth: {ex['target']})")

@@ -67,3 +67,15 @@ def tiny_model():
         return MultimodalLM.build(tiny_model_config(**updates)).eval()
 
     return make
+
+
+# Overrides that shrink the tiny LLaVA recipe config to a seconds-long model (32-wide, 2 layers,
+# 32 px images) for tests of wiring rather than learning.
+SMALL = [
+    "model.llm.arch.hidden_size=32", "model.llm.arch.intermediate_size=64",
+    "model.llm.arch.num_hidden_layers=2", "model.llm.arch.num_attention_heads=2",
+    "model.llm.arch.num_key_value_heads=2",
+    "model.encoders.image.arch.hidden_size=32", "model.encoders.image.arch.intermediate_size=64",
+    "model.encoders.image.arch.num_attention_heads=2", "model.encoders.image.arch.image_size=32",
+    "train.mixed_precision=no",
+]

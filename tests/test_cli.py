@@ -8,7 +8,7 @@ import pytest
 from mmtune.cli import main as cli
 from mmtune.config import ConfigError
 
-from test_train import SMALL
+from conftest import SMALL
 
 QUICK = [*SMALL, "stages.pretrain.max_steps=2", "stages.finetune.max_steps=2",
          "stages.pretrain.batch_size=4", "stages.finetune.batch_size=4", "train.log_every=1"]

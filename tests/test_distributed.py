@@ -14,7 +14,7 @@ from mmtune.model import MultimodalLM
 from mmtune.recipes.common import load_recipe_config, training_data
 from mmtune.train.loop import BatchPlan
 
-from test_train import SMALL
+from conftest import SMALL
 
 
 def test_two_process_run(tmp_path):

@@ -11,7 +11,7 @@ from mmtune.model import MultimodalLM
 from mmtune.recipes.common import load_recipe_config, seed_everything, training_data
 from mmtune.train.loop import loss_sum
 
-from test_train import SMALL
+from conftest import SMALL
 
 TINY_LM = ["model.llm.arch.hidden_size=32", "model.llm.arch.intermediate_size=64",
            "model.llm.arch.num_hidden_layers=2", "model.llm.arch.num_attention_heads=2",

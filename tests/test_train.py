@@ -16,14 +16,8 @@ from mmtune.recipes.common import load_recipe_config, make_accelerator, seed_eve
 from mmtune.recipes.llava import main as llava_main
 from mmtune.train.loop import BatchPlan, loss_sum, make_scheduler, train_step
 
-SMALL = [
-    "model.llm.arch.hidden_size=32", "model.llm.arch.intermediate_size=64",
-    "model.llm.arch.num_hidden_layers=2", "model.llm.arch.num_attention_heads=2",
-    "model.llm.arch.num_key_value_heads=2",
-    "model.encoders.image.arch.hidden_size=32", "model.encoders.image.arch.intermediate_size=64",
-    "model.encoders.image.arch.num_attention_heads=2", "model.encoders.image.arch.image_size=32",
-    "train.mixed_precision=no",
-]
+from conftest import SMALL
+
 
 
 @pytest.fixture(scope="module")

@@ -94,6 +94,6 @@ def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_enc
         "by_split": {k[6:]: summary(v) for k, v in sorted(groups.items()) if k.startswith("split:")},
         "reported_separately": list(separate_splits),
         "examples": [{"id": r.id, "question": r.messages[-2]["content"], "target": t, "answer": a,
-                      "blank_answer": b} for r, t, a, b in list(zip(records, targets, real, blank))[:8]],
+                      "blank_answer": b, "media": r.media} for r, t, a, b in list(zip(records, targets, real, blank))[:8]],
     }
     return result
