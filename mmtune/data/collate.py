@@ -6,7 +6,6 @@ medium's tokens: it shortens trailing text, or drops the sample, and says which 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,7 +15,7 @@ from PIL import Image
 from ..model import IGNORE, Batch
 from .chat import Rendered, render, render_prompt, tokenize_with_labels
 from .media import MediaError, load_image
-from .records import MEDIA_TOKENS, Record, RecordError
+from .records import PLACEHOLDER_RE, Record, RecordError
 
 
 @dataclass
@@ -40,15 +39,12 @@ class SampleError(ValueError):
     pass
 
 
-_PLACEHOLDER = re.compile("|".join(re.escape(t) for t in MEDIA_TOKENS.values()))
-
-
 def caption_messages(messages: list[dict]) -> list[dict]:
     """LLaVA's feature-alignment format: user turns keep only their media placeholders."""
     out = []
     for m in messages:
         if m["role"] == "user":
-            out.append({"role": "user", "content": "".join(_PLACEHOLDER.findall(m["content"]))})
+            out.append({"role": "user", "content": "".join(PLACEHOLDER_RE.findall(m["content"]))})
         elif m["role"] == "assistant":
             out.append(m)
     return out

@@ -20,19 +20,18 @@ import argparse
 import gzip
 import json
 import os
-import re
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .records import parse_record
+from .records import MEDIA_KEYS, MEDIA_TOKENS, PLACEHOLDER_RE, parse_record
 
 ROLES = ("user", "assistant", "system")
-MEDIA = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
+# Record field -> its placeholder, from the record format's own tables.
+MEDIA = {MEDIA_KEYS[m]: token for m, token in MEDIA_TOKENS.items()}
 
 # Any media placeholder, as the record format counts them.
-PLACEHOLDER_RE = re.compile("|".join(re.escape(t) for t in MEDIA.values()))
 
 # "from" values seen in LLaVA / ShareGPT files, mapped to our roles.
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -129,15 +128,22 @@ def from_sharegpt(sample: dict, where: str) -> dict:
     return _make(_record_id(sample, where), messages, where, media)
 
 
+def _one_turn(sample: dict, where: str, prompt: str, extra: str, answer: str,
+              meta: dict | None = None) -> dict:
+    """One user turn (prompt, then a blank line and the extra text when there is any) and one
+    assistant turn: the shape Alpaca and Dolly share under different field names."""
+    user = _field(sample, prompt, where)
+    more = _field(sample, extra, where) if sample.get(extra) is not None else ""
+    if more:
+        user += "\n\n" + more
+    messages = [{"role": "user", "content": user},
+                {"role": "assistant", "content": _field(sample, answer, where)}]
+    return _make(_record_id(sample, where), messages, where, {}, meta)
+
+
 def from_alpaca(sample: dict, where: str) -> dict:
     """Alpaca {"instruction", "input"?, "output"}: one user turn, one assistant turn."""
-    user = _field(sample, "instruction", where)
-    extra = _field(sample, "input", where) if sample.get("input") is not None else ""
-    if extra:
-        user += "\n\n" + extra
-    messages = [{"role": "user", "content": user},
-                {"role": "assistant", "content": _field(sample, "output", where)}]
-    return _make(_record_id(sample, where), messages, where, {})
+    return _one_turn(sample, where, "instruction", "input", "output")
 
 
 def from_dolly(sample: dict, where: str) -> dict:
@@ -146,15 +152,9 @@ def from_dolly(sample: dict, where: str) -> dict:
     One user turn, the instruction followed by the context after a blank line when the context is
     not empty, and one assistant turn, the response. The category goes to meta.category.
     """
-    user = _field(sample, "instruction", where)
-    context = _field(sample, "context", where) if sample.get("context") is not None else ""
-    if context:
-        user += "\n\n" + context
-    messages = [{"role": "user", "content": user},
-                {"role": "assistant", "content": _field(sample, "response", where)}]
     meta = ({"category": _field(sample, "category", where)}
             if sample.get("category") is not None else None)
-    return _make(_record_id(sample, where), messages, where, {}, meta)
+    return _one_turn(sample, where, "instruction", "context", "response", meta)
 
 
 def placeholders_in(*texts: str) -> list[str]:
