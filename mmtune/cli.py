@@ -85,17 +85,19 @@ def _zoo(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'preset':<18}{'total':>16}{'llm':>16}{'encoders':>14}{'projectors':>12}")
+    width = max(len(r["name"]) for r in rows) + 2
+    print(f"{'preset':<{width}}{'total':>16}{'llm':>16}{'encoders':>14}{'projectors':>14}")
     for r in rows:
         enc = sum(v for k, v in r.items() if k.startswith("encoder."))
         proj = sum(v for k, v in r.items() if k.startswith("projector."))
-        print(f"{r['name']:<18}{r['total']:>16,}{r['llm']:>16,}{enc:>14,}{proj:>12,}")
+        print(f"{r['name']:<{width}}{r['total']:>16,}{r['llm']:>16,}{enc:>14,}{proj:>14,}")
 
 
 def _synth(args) -> None:
-    from .data import synth_shapes, synth_text
+    from .data import synth_av, synth_motion, synth_shapes, synth_text, synth_tones
 
-    tasks = {"shapes": synth_shapes.generate, "text": synth_text.generate}
+    tasks = {"shapes": synth_shapes.generate, "text": synth_text.generate, "motion": synth_motion.generate,
+             "tones": synth_tones.generate, "av": synth_av.generate}
     kwargs = {"skills": tuple(args.skills.split(","))} if args.skills else {}
     if kwargs and args.task != "text":
         raise SystemExit("--skills applies to `data synth text` only")
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write a synthetic task")
-    s.add_argument("task", choices=["shapes", "text"])
+    s.add_argument("task", choices=["shapes", "text", "motion", "tones", "av"])
     s.add_argument("--skills", help="text only: comma-separated, from reverse,copy,recall (default reverse)")
     s.add_argument("--out", required=True)
     s.add_argument("--n-train", type=int, default=4000)

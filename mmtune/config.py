@@ -216,6 +216,10 @@ class ProjectorConfig:
 
     type: str = "mlp2x_gelu"
     options: dict[str, Any] = field(default_factory=dict)
+    # An instruction-aware projector (InstructBLIP's Q-Former) reads the user's instruction
+    # through its own tokenizer (BERT's in InstructBLIP); None: the projector sees no text.
+    instruction_tokenizer: TokenizerConfig | None = None
+    max_instruction_length: int = 128
 
 
 @dataclass
@@ -268,7 +272,7 @@ class StageConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
-    task: str = "conversation"  # "caption": LLaVA alignment pretraining (instruction text dropped)
+    task: str = "conversation"  # | "caption" (LLaVA alignment) | "single_turn" (one example per exchange)
     chat_template: str | None = None  # a name in mmtune.data.chat.TEMPLATES; None = tokenizer's
 
 

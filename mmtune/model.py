@@ -20,9 +20,10 @@ from torch import nn
 
 from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
 from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
-from .config import ModelConfig, from_dict, to_dict
+from .config import ModelConfig, TokenizerConfig, from_dict, to_dict
 from .data.tokenizer import MEDIA_TOKENS, load_tokenizer
 from .llm import add_lora, load_llm
+from .projectors.qformer import QFormerInstruction
 from .registry import ENCODERS, PROJECTORS
 
 IGNORE = -100
@@ -41,6 +42,8 @@ class Batch:
     position_ids: torch.Tensor | None = None  # [B, T], set when packing
     dropped: list[str] = field(default_factory=list)  # "id: reason" of samples left out
     truncated: int = 0  # rows whose trailing text was cut to fit max_length
+    # modality -> each medium's instruction in the projector's tokenizer (InstructBLIP)
+    instructions: dict[str, QFormerInstruction] = field(default_factory=dict)
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         def move(t):
@@ -49,7 +52,9 @@ class Batch:
         return dataclasses.replace(self, input_ids=move(self.input_ids),
                                    attention_mask=move(self.attention_mask), labels=move(self.labels),
                                    media={k: move(v) for k, v in self.media.items()},
-                                   position_ids=move(self.position_ids))
+                                   position_ids=move(self.position_ids),
+                                   instructions={k: QFormerInstruction(move(v.input_ids), move(v.attention_mask))
+                                                 for k, v in self.instructions.items()})
 
     def num_loss_tokens(self) -> int:
         return int((self.labels[:, 1:] != IGNORE).sum())
@@ -61,7 +66,8 @@ class PlaceholderMismatchError(ValueError):
 
 class MultimodalLM(nn.Module):
     def __init__(self, config: ModelConfig, llm: nn.Module, encoders: dict[str, nn.Module],
-                 projectors: dict[str, nn.Module], tokenizer) -> None:
+                 projectors: dict[str, nn.Module], tokenizer,
+                 instruction_tokenizers: dict | None = None) -> None:
         super().__init__()
         if set(encoders) != set(projectors):
             raise ValueError(f"encoders {sorted(encoders)} and projectors {sorted(projectors)} "
@@ -71,6 +77,7 @@ class MultimodalLM(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.projectors = nn.ModuleDict(projectors)
         self.tokenizer = tokenizer
+        self.instruction_tokenizers = instruction_tokenizers or {}  # modality -> projector's tokenizer
         self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(MEDIA_TOKENS[m]) for m in encoders}
 
     # ----------------------------------------------------------------- construction
@@ -86,7 +93,9 @@ class MultimodalLM(nn.Module):
             projectors[modality] = PROJECTORS.get(proj_cfg.type)(
                 encoders[modality].hidden_size, d_llm, **proj_cfg.options)
         tokenizer = load_tokenizer(cfg.tokenizer, cfg.llm.path)
-        model = cls(cfg, llm, encoders, projectors, tokenizer)
+        instruction_tokenizers = {m: load_tokenizer(p.instruction_tokenizer, None, media_tokens=False)
+                                  for m, p in cfg.projectors.items() if p.instruction_tokenizer is not None}
+        model = cls(cfg, llm, encoders, projectors, tokenizer, instruction_tokenizers)
         for modality, enc_cfg in cfg.encoders.items():
             model.encoders[modality].requires_grad_(enc_cfg.trainable)
         return model
@@ -121,11 +130,17 @@ class MultimodalLM(nn.Module):
                         f"record {rid}: {n_slots} {MEDIA_TOKENS[modality]} placeholder tokens but "
                         f"{n_media} {modality}(s) x {k} tokens = {n_media * k} feature vectors")
 
-    def encode_media(self, modality: str, media: torch.Tensor) -> torch.Tensor:
+    def encode_media(self, modality: str, media: torch.Tensor,
+                     instruction: QFormerInstruction | None = None) -> torch.Tensor:
         encoder = self.encoders[modality]
         frozen = not any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             features = encoder(media)  # [n, N, D_enc]
+        if modality in self.instruction_tokenizers:
+            if instruction is None:
+                raise ValueError(f"the {modality} projector reads instructions but the batch has none "
+                                 "(build examples with recipes.common.example_encoder)")
+            return self.projectors[modality](features, instruction=instruction)  # [n, K, D_llm]
         return self.projectors[modality](features)  # [n, K, D_llm]
 
     def embed(self, batch: Batch) -> torch.Tensor:
@@ -139,7 +154,7 @@ class MultimodalLM(nn.Module):
         for modality, media in batch.media.items():
             if media.shape[0] == 0:
                 continue
-            feats = self.encode_media(modality, media).to(embeds.dtype)
+            feats = self.encode_media(modality, media, batch.instructions.get(modality)).to(embeds.dtype)
             mask = (ids == self.placeholder_ids[modality]).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, feats)
         return embeds
@@ -193,7 +208,12 @@ class MultimodalLM(nn.Module):
         save_file(state, out / "projectors.safetensors")
         self.tokenizer.save_pretrained(out / "tokenizer")
         tok_cfg = dataclasses.replace(cfg.tokenizer, type="auto", path="tokenizer", chat_template=None)
-        saved = dataclasses.replace(cfg, llm=llm_cfg, encoders=encoders, tokenizer=tok_cfg)
+        projectors = dict(cfg.projectors)
+        for modality, tok in self.instruction_tokenizers.items():
+            tok.save_pretrained(out / "instruction_tokenizers" / modality)
+            projectors[modality] = dataclasses.replace(projectors[modality], instruction_tokenizer=TokenizerConfig(
+                type="auto", path=f"instruction_tokenizers/{modality}"))
+        saved = dataclasses.replace(cfg, llm=llm_cfg, encoders=encoders, tokenizer=tok_cfg, projectors=projectors)
         (out / "mmtune_config.json").write_text(json.dumps(to_dict(saved), indent=2))
 
     def _save_lora_base(self, out: Path) -> None:
@@ -222,6 +242,9 @@ class MultimodalLM(nn.Module):
         cfg.tokenizer.path = here(cfg.tokenizer.path)
         for enc in cfg.encoders.values():
             enc.path = here(enc.path)
+        for proj in cfg.projectors.values():
+            if proj.instruction_tokenizer is not None:
+                proj.instruction_tokenizer.path = here(proj.instruction_tokenizer.path)
         model = cls.build(cfg)
         state = load_file(root / "projectors.safetensors")
         for m, proj in model.projectors.items():

@@ -87,6 +87,70 @@ def _tiny_lm() -> dict:
 PRESETS.register("tiny-lm", _tiny_lm)
 
 
+def eva_vit_g() -> dict:
+    """BLIP-2's EVA ViT-g/14 at 224 px, last layer dropped (39 of 40), as transformers'
+    `Blip2VisionConfig` holds it; the Q-Former reads all 257 tokens (CLS included)."""
+    return {"type": "hf_blip_vision", "select_layer": -1, "drop_cls": False, "image_pad": False,
+            "arch": {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39,
+                     "num_attention_heads": 16, "image_size": 224, "patch_size": 14,
+                     "qkv_bias": True, "layer_norm_eps": 1e-6}}
+
+
+def blip_qformer(instruction_aware: bool) -> dict:
+    """BERT-base Q-Former with 32 queries, cross-attention every 2nd layer (BLIP-2 and
+    InstructBLIP). The instruction-aware one reads the instruction with BERT's tokenizer
+    (vocabulary 30522 + the [DEC] token); point `instruction_tokenizer.path` at a local
+    bert-base-uncased tokenizer."""
+    proj: dict = {"type": "qformer",
+                  "options": {"num_queries": 32, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
+                              "intermediate_size": 3072, "cross_attention_frequency": 2,
+                              "instruction_aware": instruction_aware, "vocab_size": 30523}}
+    if instruction_aware:
+        proj["instruction_tokenizer"] = {"type": "auto", "path": "bert-base-uncased"}
+    return proj
+
+
+def opt(hidden: int, ffn: int, layers: int, heads: int) -> dict:
+    """OPT decoder (BLIP-2's frozen LLMs), 50272-token vocabulary, 2048 context."""
+    return {"arch": {"model_type": "opt", "hidden_size": hidden, "ffn_dim": ffn, "num_hidden_layers": layers,
+                     "num_attention_heads": heads, "vocab_size": 50272, "max_position_embeddings": 2048,
+                     "word_embed_proj_dim": hidden}, "dtype": "float16"}
+
+
+def _blip(llm: dict, instruction_aware: bool) -> dict:
+    return {"llm": llm, "encoders": {"image": eva_vit_g()},
+            "projectors": {"image": blip_qformer(instruction_aware)},
+            "tokenizer": {"type": "auto", "chat_template": "plain"}}
+
+
+# InstructBLIP's Vicuna-7B is v1.1 with a pad token added (32001 ids).
+PRESETS.register("instructblip-vicuna-7b",
+                 lambda: _blip(merge(vicuna(4096, 11008, 32, 32), {"arch": {"vocab_size": 32001}}), True))
+PRESETS.register("instructblip-vicuna-13b",
+                 lambda: _blip(merge(vicuna(5120, 13824, 40, 40), {"arch": {"vocab_size": 32001}}), True))
+PRESETS.register("blip2-opt-2.7b", lambda: _blip(opt(2560, 10240, 32, 32), False))
+PRESETS.register("blip2-opt-6.7b", lambda: _blip(opt(4096, 16384, 32, 32), False))
+
+
+def _tiny_instructblip() -> dict:
+    """Tiny InstructBLIP for CPU: tiny-llava's frozen tower and LLM, an instruction-aware
+    Q-Former (16 queries, 2 layers) that reads the question with the synthetic tokenizer."""
+    from .data.tokenizer import build_word_tokenizer, synthetic_words
+
+    vocab = len(build_word_tokenizer(synthetic_words()))
+    tiny = _tiny_llava()
+    tiny["encoders"]["image"].update(select_layer=-1, drop_cls=False)
+    tiny["projectors"] = {"image": {
+        "type": "qformer", "instruction_tokenizer": {"type": "synthetic"}, "max_instruction_length": 32,
+        "options": {"num_queries": 16, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
+                    "intermediate_size": 256, "cross_attention_frequency": 1, "instruction_aware": True,
+                    "vocab_size": vocab, "max_position_embeddings": 64, "dropout": 0.0}}}
+    return tiny
+
+
+PRESETS.register("tiny-instructblip", _tiny_instructblip)
+
+
 def resolve_model(data: dict) -> dict:
     """Expand `preset:` — the preset's fields lie under the ones given explicitly."""
     name = data.get("preset")

@@ -42,7 +42,7 @@ def test_two_process_run(tmp_path):
     # Step 1 of finetune saw both ranks' shards: its token count is the sum over ranks.
     cfg = load_recipe_config("llava", "tiny", [f"data_dir={data}", *over])
     model = MultimodalLM.build(cfg.model)
-    dataset, _, _ = training_data(model, cfg, data / "train.jsonl", None, False)
+    dataset, _, _ = training_data(model, cfg, data / "train.jsonl", None)
     per_rank = []
     for rank in (0, 1):
         plan = BatchPlan(len(dataset), 4, cfg.train.seed, rank=rank, world=2)

@@ -23,7 +23,7 @@ def _text_examples(tmp_path, n=12):
     cfg = load_recipe_config("sft", "tiny", [f"data_dir={tmp_path}", *TINY_LM])
     seed_everything(0)
     model = MultimodalLM.build(cfg.model).eval()
-    dataset, _, _ = training_data(model, cfg, tmp_path / "train.jsonl", None, False)
+    dataset, _, _ = training_data(model, cfg, tmp_path / "train.jsonl", None)
     return model, [dataset[i] for i in range(n)]
 
 
@@ -66,7 +66,7 @@ def test_multimodal_packing_keeps_media_order(tmp_path):
     cfg = load_recipe_config("llava", "tiny", [f"data_dir={tmp_path}", *SMALL])
     seed_everything(0)
     model = MultimodalLM.build(cfg.model).eval()
-    dataset, _, _ = training_data(model, cfg, tmp_path / "train.jsonl", None, False)
+    dataset, _, _ = training_data(model, cfg, tmp_path / "train.jsonl", None)
     examples = [dataset[i] for i in range(8)]
     pad = model.tokenizer.pad_token_id
     packed = pack(examples, pad, max_length=160)

@@ -38,7 +38,7 @@ def test_accumulation_matches_one_big_batch(shapes):
     model = MultimodalLM.build(cfg.model)
     model.requires_grad_(True)
     model.encoders.requires_grad_(False)
-    dataset, collate_fn, _ = training_data(model, cfg, shapes / "train.jsonl", None, False)
+    dataset, collate_fn, _ = training_data(model, cfg, shapes / "train.jsonl", None)
     examples = [dataset[i] for i in range(8)]
     # Answers of different lengths make per-micro-batch averaging visibly wrong.
     assert len({sum(lab != -100 for lab in e.labels) for e in examples}) > 1

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from ..model import IGNORE, Batch
+from ..projectors.qformer import QFormerInstruction
 from .chat import Rendered, render, render_prompt, tokenize_with_labels
+from .instructions import medium_instructions
 from .media import MediaError, load_image
 from .records import PLACEHOLDER_RE, Record, RecordError
 
@@ -25,6 +27,7 @@ class Example:
     labels: list[int]
     media: dict[str, torch.Tensor]  # modality -> [n, ...]
     truncated: bool = False
+    instructions: dict[str, list[list[int]]] = field(default_factory=dict)  # modality -> ids per medium
 
 
 @dataclass
@@ -63,6 +66,17 @@ class ExampleEncoder:
     skip_bad: bool = False
     caption_task: bool = False  # LLaVA pretraining: drop the instruction text
     blank_media: Callable[[str], Image.Image] | None = None  # modality -> blank stand-in
+    # modality -> the projector's own tokenizer, for instruction-aware projectors only
+    instruction_tokenizers: dict[str, object] = field(default_factory=dict)
+    max_instruction_length: int = 128
+
+    def instructions(self, messages: list[dict]) -> dict[str, list[list[int]]]:
+        out = {}
+        for modality, tok in self.instruction_tokenizers.items():
+            texts = medium_instructions(messages, modality)
+            if texts:
+                out[modality] = tok(texts, truncation=True, max_length=self.max_instruction_length)["input_ids"]
+        return out
 
     def load_media(self, record: Record) -> dict[str, torch.Tensor]:
         out = {}
@@ -113,7 +127,8 @@ class ExampleEncoder:
                 ids, labels, truncated = ids[: self.max_length], labels[: self.max_length], True
             if all(lab == IGNORE for lab in labels[1:]):
                 return Dropped(record.id, "no supervised tokens" + (" after truncation" if truncated else ""))
-            return Example(record.id, ids, labels, self.load_media(record), truncated)
+            return Example(record.id, ids, labels, self.load_media(record), truncated,
+                           self.instructions(messages))
         except (SampleError, MediaError, RecordError) as e:
             if self.skip_bad:
                 return Dropped(record.id, str(e))
@@ -128,7 +143,8 @@ class ExampleEncoder:
         text = render_prompt(self.tokenizer, record.messages[: last_user + 1], self.template)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         ids, labels = self.expand(ids, [False] * len(ids), record)
-        return Example(record.id, ids, labels, self.load_media(record))
+        return Example(record.id, ids, labels, self.load_media(record),
+                       instructions=self.instructions(record.messages[: last_user + 1]))
 
 
 def collate(examples: list[Example | Dropped], pad_id: int, left_pad: bool = False) -> Batch:
@@ -185,7 +201,24 @@ def _batch(rows: list[list[Example]], examples: list, pad_id: int, left_pad: boo
     per_row = {m: [sum(len(e.media[m]) for e in row if m in e.media) for row in rows] for m in modalities}
     return Batch(input_ids=ids, attention_mask=mask, labels=labels, media=media,
                  media_per_row=per_row, ids=[e.id for e in flat], dropped=dropped,
-                 truncated=sum(e.truncated for e in flat), position_ids=positions if packed else None)
+                 truncated=sum(e.truncated for e in flat), position_ids=positions if packed else None,
+                 instructions=_instructions(flat))
+
+
+def _instructions(flat: list[Example]) -> dict[str, QFormerInstruction]:
+    """Each modality's instructions, in media order, right-padded into one [n, L] block
+    (pad id 0, masked out: the projector's tokenizer is not the LLM's)."""
+    out = {}
+    for m in sorted({m for e in flat for m in e.instructions}):
+        seqs = [s for e in flat for s in e.instructions.get(m, [])]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+        out[m] = QFormerInstruction(ids, mask)
+    return out
 
 
 @dataclass

@@ -41,7 +41,10 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     return tok
 
 
-def load_tokenizer(cfg: TokenizerConfig, llm_path: str | None) -> PreTrainedTokenizerBase:
+def load_tokenizer(cfg: TokenizerConfig, llm_path: str | None,
+                   media_tokens: bool = True) -> PreTrainedTokenizerBase:
+    """`media_tokens=False` for a projector's instruction tokenizer: its vocabulary must stay
+    the size of the Q-Former's word embeddings (instructions never hold placeholders)."""
     if cfg.type == "synthetic":
         tok = build_word_tokenizer(synthetic_words())
     elif cfg.type == "auto":
@@ -51,7 +54,7 @@ def load_tokenizer(cfg: TokenizerConfig, llm_path: str | None) -> PreTrainedToke
         tok = AutoTokenizer.from_pretrained(path)
     else:
         raise ValueError(f"model.tokenizer.type: {cfg.type!r} is not one of 'auto', 'synthetic'")
-    missing = [t for t in MEDIA_TOKENS.values() if t not in tok.get_vocab()]
+    missing = [t for t in MEDIA_TOKENS.values() if media_tokens and t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     if tok.pad_token is None:  # Llama/Vicuna ship none; padding is masked out anyway

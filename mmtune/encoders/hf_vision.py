@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
-                          SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
+from transformers import (Blip2VisionConfig, Blip2VisionModel, BlipImageProcessor, CLIPImageProcessor,
+                          CLIPVisionConfig, CLIPVisionModel, SiglipImageProcessor, SiglipVisionConfig,
+                          SiglipVisionModel)
 
 from ..config import EncoderConfig
 from ..registry import ENCODERS
@@ -22,7 +23,7 @@ class HFVisionEncoder(nn.Module):
     modality = "image"
 
     def __init__(self, tower: nn.Module, spec: ImageSpec, processor, select_layer: int,
-                 drop_cls: bool, has_cls: bool) -> None:
+                 drop_cls: bool, has_cls: bool, output_norm: bool = False) -> None:
         super().__init__()
         if drop_cls and not has_cls:
             raise ValueError(f"{type(tower).__name__} has no CLS token; set drop_cls: false")
@@ -32,6 +33,9 @@ class HFVisionEncoder(nn.Module):
         self.select_layer = select_layer
         self.drop_cls = drop_cls
         self.has_cls = has_cls
+        # BLIP-2 reads the tower's output after its final LayerNorm (`last_hidden_state`);
+        # LLaVA reads a raw hidden state. Set by the builder, from the config, not from names.
+        self.output_norm = output_norm
         self.hidden_size = tower.config.hidden_size
         self.preprocess = make_preprocess(spec, self._transform)
 
@@ -49,8 +53,8 @@ class HFVisionEncoder(nn.Module):
         self.processor.save_pretrained(out_dir)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.tower(pixel_values=pixels.to(self.tower.dtype), output_hidden_states=True)
-        h = out.hidden_states[self.select_layer]  # [B, 1 + N, D] for CLIP, [B, N, D] SigLIP
+        out = self.tower(pixel_values=pixels.to(self.tower.dtype), output_hidden_states=not self.output_norm)
+        h = out.last_hidden_state if self.output_norm else out.hidden_states[self.select_layer]  # [B, 1 + N, D] for CLIP, [B, N, D] SigLIP
         return h[:, 1:] if self.drop_cls else h
 
 
@@ -96,3 +100,21 @@ def build_hf_siglip(cfg: EncoderConfig) -> HFVisionEncoder:
                                          image_mean=[0.5] * 3, image_std=[0.5] * 3)
     spec = _spec_from_processor(processor, size, cfg.image_pad)
     return HFVisionEncoder(tower, spec, processor, cfg.select_layer, cfg.drop_cls, has_cls=False)
+
+
+@ENCODERS.register("hf_blip_vision")
+def build_hf_blip_vision(cfg: EncoderConfig) -> HFVisionEncoder:
+    """BLIP-2 / InstructBLIP's EVA ViT-g (transformers' `Blip2VisionModel`; InstructBLIP's
+    vision model has the same weights layout). `select_layer: -1` gives the tower's output
+    after its final LayerNorm, which is what the Q-Former reads in BLIP-2; other layers give
+    raw hidden states. Images are resized to a square (no padding), as BLIP does."""
+    tower = _load_or_build(cfg, Blip2VisionModel, Blip2VisionConfig)
+    size = tower.config.image_size
+    if _has_preprocessor(cfg.path):
+        processor = BlipImageProcessor.from_pretrained(cfg.path)
+    else:
+        processor = BlipImageProcessor(size={"height": size, "width": size},
+                                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    spec = _spec_from_processor(processor, size, cfg.image_pad)
+    return HFVisionEncoder(tower, spec, processor, cfg.select_layer, cfg.drop_cls, has_cls=True,
+                           output_norm=cfg.select_layer == -1)

@@ -1,2 +1,2 @@
 """Training recipes. Each module has `main(cfg, run_dir, ...)` and registers it in `RECIPES`."""
-from . import llava, qlora, sft  # noqa: F401  (registration)
+from . import instructblip, llava, qlora, sft  # noqa: F401  (registration)

@@ -11,6 +11,7 @@ import torch
 from ..config import RecipeConfig, from_dict, load_yaml, merge, parse_overrides, save_yaml
 from ..data.chat import resolve_template
 from ..data.collate import ExampleEncoder, RecordDataset, collate, pack
+from ..data.instructions import split_turns
 from ..data.records import read_records
 from ..encoders.base import blank_image
 from ..model import MultimodalLM
@@ -70,17 +71,30 @@ def example_encoder(model: MultimodalLM, cfg: RecipeConfig, template_name: str |
         preprocess={m: e.preprocess for m, e in model.encoders.items()},
         max_length=cfg.train.max_length, skip_bad=cfg.train.on_bad_sample == "skip",
         caption_task=caption_task,
-        blank_media=(lambda m: blank_image(specs[m])) if blank else None)
+        blank_media=(lambda m: blank_image(specs[m])) if blank else None,
+        instruction_tokenizers=model.instruction_tokenizers,
+        max_instruction_length=min((model.config.projectors[m].max_instruction_length
+                                    for m in model.instruction_tokenizers), default=128))
+
+
+TASKS = ("conversation", "caption", "single_turn")
 
 
 def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, template: str | None,
-                  caption_task: bool):
+                  task: str = "conversation", where: str = "stage.task"):
+    """`task`: "conversation" trains whole conversations; "caption" is LLaVA's alignment
+    pretraining (instruction text dropped); "single_turn" splits conversations into one
+    example per exchange (InstructBLIP: each instruction reaches the Q-Former)."""
     if cfg.train.on_bad_sample not in ("error", "skip"):
         raise ValueError(f"train.on_bad_sample: {cfg.train.on_bad_sample!r} is not 'error' or 'skip'")
+    if task not in TASKS:
+        raise ValueError(f"{where}: {task!r} is not one of {list(TASKS)}")
     records, bad = read_records(data_file, skip_bad=cfg.train.on_bad_sample == "skip")
     if bad:
         print(f"skipped {len(bad)} bad record(s) in {data_file}, e.g. {bad[0]}")
-    dataset = RecordDataset(records, example_encoder(model, cfg, template, caption_task))
+    if task == "single_turn":
+        records = [turn for r in records for turn in split_turns(r)]
+    dataset = RecordDataset(records, example_encoder(model, cfg, template, task == "caption"))
     pad = model.tokenizer.pad_token_id
     if cfg.train.packing:
         return dataset, lambda examples: pack(examples, pad, cfg.train.max_length), len(bad)

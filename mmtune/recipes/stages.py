@@ -41,7 +41,7 @@ def run_stages(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None 
         set_trainable(model, stage.train, f"stages.{name}.train")
         accelerator.print(f"[{name}] trainable parameters\n{parameter_table(model)}")
         dataset, collate_fn, n_bad = training_data(model, cfg, Path(cfg.data_dir) / stage.data,
-                                                   stage.chat_template, stage.task == "caption")
+                                                   stage.chat_template, stage.task, f"stages.{name}.task")
         result = run_stage(name, model, dataset, collate_fn, stage, cfg.train, accelerator, run_dir,
                            resume=resume, stop_after=stop_after)
         result["parameters"] = parameter_rows(model)
