@@ -7,6 +7,8 @@ from typing import Callable, Protocol
 import torch
 from PIL import Image
 
+from ..data.media import load_image
+
 
 @dataclass(frozen=True)
 class ImageSpec:
@@ -29,7 +31,24 @@ class ImageEncoder(Protocol):
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor: ...
 
+    def load(self, path: str, where: str) -> Image.Image: ...
+
+    def blank(self) -> Image.Image: ...
+
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+class ImageMedia:
+    """`load` / `blank` of an image encoder: the interface every modality's encoder offers
+    (video and audio encoders return frames / waveforms), so the collator needs no table."""
+
+    spec: ImageSpec
+
+    def load(self, path: str, where: str) -> Image.Image:
+        return load_image(path, where)
+
+    def blank(self) -> Image.Image:
+        return blank_image(self.spec)
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -11,13 +11,13 @@ from transformers import (Blip2VisionConfig, Blip2VisionModel, BlipImageProcesso
 
 from ..config import EncoderConfig
 from ..registry import ENCODERS
-from .base import ImageSpec, make_preprocess
+from .base import ImageMedia, ImageSpec, make_preprocess
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class HFVisionEncoder(nn.Module):
+class HFVisionEncoder(ImageMedia, nn.Module):
     """Hidden states of layer `select_layer` of a HF vision tower, optionally without CLS."""
 
     modality = "image"

@@ -16,14 +16,14 @@ from torch import nn
 
 from ..config import EncoderConfig
 from ..registry import ENCODERS
-from .base import ImageSpec, make_preprocess
+from .base import ImageMedia, ImageSpec, make_preprocess
 
 _CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
 _WEIGHTS = "open_clip_visual.safetensors"
 open_clip.add_model_config(_CONFIG_DIR)  # mmtune's tiny architectures join open_clip's list
 
 
-class OpenClipVisionEncoder(nn.Module):
+class OpenClipVisionEncoder(ImageMedia, nn.Module):
     modality = "image"
 
     def __init__(self, visual: nn.Module, model_name: str, select_layer: int, drop_cls: bool,

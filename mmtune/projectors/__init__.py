@@ -1,7 +1,10 @@
 """Projectors map encoder features to the LLM's width. Importing registers the builders."""
 from . import mlp  # noqa: F401  (registration)
 from . import qformer  # noqa: F401  (registration)
+from . import video_qformer  # noqa: F401  (registration)
 from .mlp import MLPProjector
 from .qformer import QFormerInstruction, QFormerProjector, load_hf_qformer
+from .video_qformer import AudioQFormerProjector, VideoQFormerProjector
 
-__all__ = ["MLPProjector", "QFormerInstruction", "QFormerProjector", "load_hf_qformer"]
+__all__ = ["AudioQFormerProjector", "MLPProjector", "QFormerInstruction", "QFormerProjector",
+           "VideoQFormerProjector", "load_hf_qformer"]

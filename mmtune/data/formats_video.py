@@ -1,0 +1,152 @@
+"""Video datasets Video-LLaMA trains on -> mmtune records, and the converter command line.
+
+- WebVid (video-caption pairs): CSV rows `videoid, contentUrl, duration, page_dir, name`;
+  the clip lives at `<page_dir>/<videoid>.mp4` under the download folder (the layout of
+  WebVid's download script and of Video-LLaMA's loader). One caption record per row.
+- VideoChat instructions (`videochat_instruct_11k.json`): `{"video", "QA": [{"i"?, "q", "a"}]}`,
+  one user/assistant exchange per QA entry; "i" is an instruction VideoChat puts before "q".
+- LLaVA-style video instructions (Video-ChatGPT, Valley, ...): `{"id", "video",
+  "conversations": [{"from": "human"|"gpt", "value"}]}` with `<video>` in the first human turn.
+
+Readers follow `formats`' conventions: `reader(item, where) -> record`, errors name `where`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .formats import _LLAVA_ROLES, _field, _make, _record_id, _turns, read_json_or_jsonl, rebase_media, write_jsonl
+
+VIDEO = "<video>"
+WEBVID_COLUMNS = ("videoid", "page_dir", "name")  # the columns the conversion needs
+# Short caption instructions, one picked per row by position (deterministic, varied).
+CAPTION_PROMPTS: tuple[str, ...] = ("Describe this video briefly.", "What happens in the video?",
+                                    "Write a short caption for the video.", "Summarize the clip in a few words.")
+SHOW_MISSING = 10  # how many missing videos to list before only counting
+
+
+def read_webvid_csv(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every data row; `where` is "file:line" (the header is line 1)."""
+    path = Path(path)
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in WEBVID_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {missing}; got {reader.fieldnames}")
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+
+
+def from_webvid(row: dict, where: str, index: int = 0) -> dict:
+    """A WebVid CSV row -> one caption record (instruction, then the clip's caption)."""
+    video_id, page_dir, caption = (_field(row, k, where).strip() for k in WEBVID_COLUMNS)
+    if not video_id or not page_dir or not caption:
+        raise ValueError(f"{where}: empty videoid, page_dir or name")
+    prompt = CAPTION_PROMPTS[index % len(CAPTION_PROMPTS)]
+    messages = [{"role": "user", "content": f"{VIDEO}\n{prompt}"}, {"role": "assistant", "content": caption}]
+    meta = {k: row[k] for k in ("contentUrl", "duration") if row.get(k)}
+    return _make(video_id, messages, where, {"videos": [f"{page_dir}/{video_id}.mp4"]}, meta)
+
+
+def from_videochat(item: dict, where: str) -> dict:
+    """A VideoChat item -> one record; `<video>` opens the first user turn."""
+    qa = _field(item, "QA", where, list)
+    if not qa:
+        raise ValueError(f"{where}: field 'QA' is empty")
+    video = _field(item, "video", where)
+    messages = []
+    for i, turn in enumerate(qa):
+        at = f"{where}: QA[{i}]"
+        parts = [_field(turn, k, at).strip() for k in ("i", "q") if turn.get(k) is not None]
+        question = "\n".join(p for p in parts if p)
+        if not question:
+            raise ValueError(f"{at}: empty question (both 'i' and 'q' are empty)")
+        messages += [{"role": "user", "content": f"{VIDEO}\n{question}" if i == 0 else question},
+                     {"role": "assistant", "content": _field(turn, "a", at)}]
+    return _make(Path(video).stem, messages, where, {"videos": [video]})
+
+
+def from_llava_video(item: dict, where: str) -> dict:
+    """A LLaVA-style video item; `<video>\\n` is prepended to the first human turn when the
+    conversation holds no placeholder, so the clip still has a place in the text."""
+    messages = _turns(_field(item, "conversations", where, list), where, "conversations", "from", "value",
+                      _LLAVA_ROLES)
+    video = _field(item, "video", where)
+    if not any(VIDEO in m["content"] for m in messages):
+        first = next((m for m in messages if m["role"] == "user"), None)
+        if first is None:
+            raise ValueError(f"{where}: field 'conversations' has no human turn to hold {VIDEO}")
+        first["content"] = f"{VIDEO}\n{first['content']}"
+    return _make(_record_id(item, where), messages, where, {"videos": [video]})
+
+
+def convert_videos(items: Iterator[tuple[str, dict]], reader: Callable[[dict, str, int], dict],
+                   video_root: Path, out: Path, check: bool, limit: int | None, absolute: bool) -> dict:
+    """Convert, optionally leaving out items whose video is missing, and write `out`.
+    Returns {"read", "missing", "written"}; missing videos are listed on stderr."""
+    counts = {"read": 0, "missing": 0}
+
+    def records():
+        for index, (where, item) in enumerate(items):
+            if limit is not None and index >= limit:
+                return
+            counts["read"] += 1
+            record = reader(item, where, index)
+            gone = [p for p in record["videos"] if check and not (video_root / p).is_file()]
+            if gone:
+                counts["missing"] += 1
+                if counts["missing"] <= SHOW_MISSING:
+                    print(f"missing video: {video_root / gone[0]} ({where})", file=sys.stderr)
+                continue
+            yield rebase_media(record, video_root, out.parent, absolute)
+
+    counts["written"] = write_jsonl(records(), out)
+    return counts
+
+
+def video_convert_cli(argv: list[str] | None, doc: str, input_help: str,
+                      readers: dict[str, tuple[Callable, Callable]]) -> int:
+    """The command line of datasets/{webvid,videochat}/convert.py; returns the exit code.
+
+    `readers`: --format name -> (read_items(path) -> (where, item)s, reader(item, where, index)).
+    """
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--input", required=True, type=Path, help=input_help)
+    ap.add_argument("--video-root", required=True, type=Path, help="folder the video paths are relative to")
+    ap.add_argument("--out", required=True, type=Path, help="output .jsonl")
+    if len(readers) > 1:
+        ap.add_argument("--format", choices=sorted(readers), default=next(iter(readers)))
+    ap.add_argument("--check-videos", action="store_true", help="leave out, and list, items whose video is missing")
+    ap.add_argument("--limit", type=int, help="convert only the first N items")
+    ap.add_argument("--absolute", action="store_true",
+                    help="write absolute video paths instead of paths relative to --out's folder")
+    args = ap.parse_args(argv)
+    if not args.input.is_file():
+        ap.error(f"--input {args.input} is not a file")
+    if not args.video_root.is_dir():
+        ap.error(f"--video-root {args.video_root} is not a directory")
+    if args.limit is not None and args.limit < 0:
+        ap.error("--limit must be >= 0")
+    read_items, reader = readers[getattr(args, "format", next(iter(readers)))]
+    try:
+        counts = convert_videos(read_items(args.input), reader, args.video_root, args.out,
+                                args.check_videos, args.limit, args.absolute)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"read {counts['read']} items from {args.input}")
+    print(f"wrote {counts['written']} records to {args.out}")
+    if args.check_videos:
+        print(f"missing videos: {counts['missing']} (items left out)")
+    else:
+        print("videos not checked (pass --check-videos to find missing files)")
+    return 0
+
+
+# --format name -> (items of the input file, reader) for each converter script
+WEBVID = {"webvid": (read_webvid_csv, from_webvid)}
+VIDEO_INSTRUCT = {"videochat": (read_json_or_jsonl, lambda item, where, index: from_videochat(item, where)),
+                  "llava": (read_json_or_jsonl, lambda item, where, index: from_llava_video(item, where))}
