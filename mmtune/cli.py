@@ -7,18 +7,22 @@ import sys
 import time
 from pathlib import Path
 
+from .diffusion.cli import add_edit_parser
 from .export import add_export_parser
 
 
 def _train(args) -> None:
     from . import recipes  # noqa: F401  (fills RECIPES)
     from .recipes.common import load_recipe_config
-    from .registry import RECIPES
+    from .registry import RECIPE_CONFIGS, RECIPES
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data_dir={args.data}")
-    cfg = load_recipe_config(args.recipe, args.config, overrides)
+    if args.recipe in RECIPE_CONFIGS:  # a recipe with its own config type (instruct_pix2pix)
+        cfg = RECIPE_CONFIGS.get(args.recipe)(args.config, overrides)
+    else:
+        cfg = load_recipe_config(args.recipe, args.config, overrides)
     stages = [args.stage] if args.stage else None
     summary = RECIPES.get(args.recipe)(cfg, args.output_dir, stages=stages, resume=not args.no_resume)
     if "eval" in summary:
@@ -37,8 +41,12 @@ def _load_run(run: str):
 
 
 def _eval(args) -> None:
+    from .diffusion.cli import eval_edit_run, is_edit_run
     from .recipes.common import evaluate_run, write_json
 
+    if is_edit_run(args.run):  # a diffusers pipeline: edit success, not QA accuracy
+        eval_edit_run(args.run, args.data)
+        return
     cfg, model = _load_run(args.run)
     data = Path(args.data) if args.data else Path(cfg.data_dir or ".") / cfg.eval.data
     result = evaluate_run(model, cfg, data)
@@ -47,6 +55,12 @@ def _eval(args) -> None:
 
 
 def _print_eval(result: dict) -> None:
+    if "edit_success" in result:  # instruct_pix2pix's eval.json
+        from .diffusion.evaluate import print_edit_eval
+
+        print_edit_eval(result)
+        return
+
     def num(x) -> str:
         return "-" if x is None else f"{x:.3f}"
 
@@ -58,6 +72,8 @@ def _print_eval(result: dict) -> None:
     print(f"{'overall':<16}{result['n']:>5}{num(result['accuracy']):>12}"
           f"{num(result['blank_media_accuracy']):>13}{num(result['chance']):>8}   "
           f"(splits reported separately: {sep})")
+    for probe in result.get("probes", []):  # e.g. shuffled_frames: media altered, same questions
+        print(f"{probe.replace('_', ' ')}: {num(result[f'{probe}_accuracy'])}")
 
 
 def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> str:
@@ -79,11 +95,13 @@ def _chat(args) -> None:
 
 
 def _zoo(args) -> None:
+    from .diffusion.cli import edit_zoo_rows, print_edit_zoo
     from .zoo import zoo_table
 
     rows = zoo_table()
+    edit_rows = edit_zoo_rows()  # diffusers image-editing presets: other parts, own table
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + edit_rows, indent=2))
         return
     width = max(len(r["name"]) for r in rows) + 2
     print(f"{'preset':<{width}}{'total':>16}{'llm':>16}{'encoders':>14}{'projectors':>14}")
@@ -91,6 +109,7 @@ def _zoo(args) -> None:
         enc = sum(v for k, v in r.items() if k.startswith("encoder."))
         proj = sum(v for k, v in r.items() if k.startswith("projector."))
         print(f"{r['name']:<{width}}{r['total']:>16,}{r['llm']:>16,}{enc:>14,}{proj:>14,}")
+    print_edit_zoo(edit_rows)
 
 
 def _synth(args) -> None:
@@ -98,6 +117,9 @@ def _synth(args) -> None:
 
     tasks = {"shapes": synth_shapes.generate, "text": synth_text.generate, "motion": synth_motion.generate,
              "tones": synth_tones.generate, "av": synth_av.generate}
+    from .data import synth_edits
+
+    tasks["edits"] = synth_edits.generate
     kwargs = {"skills": tuple(args.skills.split(","))} if args.skills else {}
     if kwargs and args.task != "text":
         raise SystemExit("--skills applies to `data synth text` only")
@@ -163,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write a synthetic task")
-    s.add_argument("task", choices=["shapes", "text", "motion", "tones", "av"])
+    s.add_argument("task", choices=["shapes", "text", "motion", "tones", "av", "edits"])
     s.add_argument("--skills", help="text only: comma-separated, from reverse,copy,recall (default reverse)")
     s.add_argument("--out", required=True)
     s.add_argument("--n-train", type=int, default=4000)
@@ -176,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("overrides", nargs="*", help="key.path=value overrides of the tiny config")
     m.set_defaults(fn=_demo)
     add_export_parser(sub)
+    add_edit_parser(sub)
     return p
 
 

@@ -47,3 +47,6 @@ ENCODERS: Registry = Registry("encoder")
 PROJECTORS: Registry = Registry("projector")
 PRESETS: Registry = Registry("preset")
 RECIPES: Registry = Registry("recipe")
+# Recipes whose config is not a RecipeConfig (e.g. instruct_pix2pix, a diffusers model) register
+# their loader `(name_or_path, overrides) -> config` here; the others use load_recipe_config.
+RECIPE_CONFIGS: Registry = Registry("recipe config loader")

@@ -5,6 +5,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 # One placeholder per medium in message content; the collator expands each into the
 # number of feature vectors the model's encoder + projector produce for it.
@@ -62,6 +65,13 @@ def parse_record(obj: object, where: str, base_dir: Path) -> Record:
 
 def read_records(path: str | Path, skip_bad: bool = False) -> tuple[list[Record], list[str]]:
     """All records of a JSONL file, and the list of problems skipped (when `skip_bad`)."""
+    return read_jsonl(path, parse_record, skip_bad)
+
+
+def read_jsonl(path: str | Path, parse: Callable[[object, str, Path], T],
+               skip_bad: bool = False) -> tuple[list[T], list[str]]:
+    """`parse(obj, "file:line", base_dir)` on every line of a JSONL file; a RecordError (or
+    malformed JSON) stops the read, or with `skip_bad` is counted in the returned list."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -76,7 +86,7 @@ def read_records(path: str | Path, skip_bad: bool = False) -> tuple[list[Record]
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise RecordError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-                records.append(parse_record(obj, where, path.parent))
+                records.append(parse(obj, where, path.parent))
             except RecordError as e:
                 if not skip_bad:
                     raise

@@ -118,3 +118,16 @@ def write_json(path: Path, data: dict) -> None:
 def save_config(cfg: RecipeConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
+
+
+def start_run(cfg, train, run_dir: Path):
+    """What every recipe does first: the accelerator, torch threads, seeds, and the resolved
+    config (any config dataclass) in run_dir/config.yaml. `train` has mixed_precision,
+    threads and seed."""
+    accelerator = make_accelerator(train.mixed_precision)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    seed_everything(train.seed)
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir)
+    return accelerator

@@ -8,24 +8,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ..config import RecipeConfig
 from ..model import MultimodalLM
 from ..train.params import parameter_rows, parameter_table, set_trainable
 from ..train.stage import run_stage
-from .common import evaluate_run, make_accelerator, save_config, seed_everything, training_data, write_json
+from .common import evaluate_run, start_run, training_data, write_json
 
 
 def run_stages(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
                resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
     run_dir = Path(run_dir)
-    accelerator = make_accelerator(cfg.train.mixed_precision)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    if accelerator.is_main_process:
-        save_config(cfg, run_dir)
+    accelerator = start_run(cfg, cfg.train, run_dir)
     names = list(cfg.stages) if stages is None else stages
     unknown = [s for s in names if s not in cfg.stages]
     if unknown:
