@@ -1,21 +1,26 @@
-"""QLoRA vs LoRA on a SmolLM2-135M-shaped Llama: weight memory, peak RSS, step time.
+"""QLoRA vs LoRA on SmolLM2-135M- and 360M-shaped Llamas: weight memory, peak RSS, step time.
 
-    python benchmarks/qlora_memory.py                 # ~ a few minutes on a small CPU
-    python benchmarks/qlora_memory.py --steps 2       # quicker check
+    python benchmarks/qlora_memory.py                 # ~ 15 minutes on a small CPU
+    python benchmarks/qlora_memory.py --steps 1 --layers 2   # quick smoke run
 
-The model is random-init (same shapes as HuggingFaceTB/SmolLM2-135M: hidden 576, intermediate
-1536, 30 layers, 9 heads, 3 kv heads, vocab 49152, tied embeddings), saved in bf16 to a temp
-dir first, because 4-bit weights are quantised while transformers loads a checkpoint.
+The models are random-init with the shapes of HuggingFaceTB/SmolLM2-135M (hidden 576,
+intermediate 1536, 30 layers, 9 heads, 3 kv heads) and SmolLM2-360M (hidden 960, intermediate
+2560, 32 layers, 15 heads, 5 kv heads), both vocab 49152 with tied embeddings, saved in bf16 to
+a temp dir first, because 4-bit weights are quantised while transformers loads a checkpoint.
+
+Variants: `qlora` (NF4 + double-quant decoder linears; embedding / lm_head in 16-bit, QLoRA's
+default), `qlora_embeddings` (`quantize_embeddings: true`: the tied embedding / lm_head in NF4
+too, one storage) and `lora` (bf16 base).
 
 Measured:
   * weight memory: bytes of parameters + buffers + bitsandbytes quantisation state, for the bf16
-    model and the NF4 + double-quant model (as loaded, and after peft's
-    prepare_model_for_kbit_training, which upcasts the non-quantised weights to fp32);
-    for the whole model and for the decoder's Linear layers alone (what NF4 quantises).
-  * one training step (forward, backward, optimizer step) on a fixed batch (4 x 256 tokens,
-    labels = inputs) for QLoRA (NF4 base) and LoRA (bf16 base), same LoRA config: the mean step
-    time after one warm-up step, and the peak RSS over the steps. Each variant runs in its own
-    subprocess, so one's memory does not hide the other's.
+    model and both NF4 variants (as loaded, and after peft's prepare_model_for_kbit_training,
+    which upcasts the non-quantised weights to fp32); for the whole model, the decoder's Linear
+    layers alone and the embedding + lm_head alone.
+  * training steps (forward, backward, optimizer step) on a fixed batch (4 x 256 tokens,
+    labels = inputs), same LoRA config: the losses, the mean step time after one warm-up step,
+    and the peak RSS over the steps. Each variant runs in its own subprocess, so one's memory
+    does not hide the other's. All three variants on the 135M shape, the two QLoRA ones on 360M.
 Results go to --out as JSON, with the machine and library versions.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +42,15 @@ SMOLLM2_135M = {
     "max_position_embeddings": 8192, "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
     "rope_theta": 100000.0, "bos_token_id": 0, "eos_token_id": 0,
 }
+SHAPES = {
+    "smollm2_135m": SMOLLM2_135M,
+    "smollm2_360m": {**SMOLLM2_135M, "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                     "num_attention_heads": 15, "num_key_value_heads": 5},
+}
+# Training-step variants per shape: LoRA on bf16 only where it has been compared before (135M).
+STEP_VARIANTS = {"smollm2_135m": ("qlora", "qlora_embeddings", "lora"),
+                 "smollm2_360m": ("qlora", "qlora_embeddings")}
+NF4_VARIANTS = {"nf4": False, "nf4_embeddings": True}  # name -> quantize_embeddings
 TARGET_WEIGHT_RATIO = 0.30  # NF4 / bf16 weight bytes
 
 
@@ -79,12 +94,12 @@ def mib(n: int) -> float:
 
 
 # ----------------------------------------------------------------------------- pieces
-def save_model(path: Path, layers: int) -> dict:
+def save_model(path: Path, shape: dict, layers: int | None) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
 
-    arch = dict(SMOLLM2_135M, num_hidden_layers=layers)
+    arch = dict(shape, num_hidden_layers=layers or shape["num_hidden_layers"])
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     torch.manual_seed(0)
     llm = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -103,24 +118,36 @@ def _in_decoder_linear(name, module) -> bool:
     return ".layers." in f".{name}." and isinstance(module, nn.Linear)
 
 
+def _in_vocab(name, module) -> bool:
+    return name.rsplit(".", 1)[-1] in ("embed_tokens", "lm_head")
+
+
+def _weights(llm) -> dict:
+    from mmtune.llm import weight_bytes
+
+    return {"total_mib": mib(weight_bytes(llm)), "decoder_linear_mib": mib(weight_bytes(llm, only=_in_decoder_linear)),
+            "embedding_lm_head_mib": mib(weight_bytes(llm, only=_in_vocab))}  # tied: one storage, counted once
+
+
 def weight_memory(path: Path) -> dict:
     from mmtune.config import LLMConfig
-    from mmtune.llm import load_llm, prepare_kbit, weight_bytes
+    from mmtune.llm import load_llm, prepare_kbit
 
     bf16 = load_llm(LLMConfig(path=str(path), dtype="bfloat16"))
-    out = {"bf16": {"total_mib": mib(weight_bytes(bf16)),
-                    "decoder_linear_mib": mib(weight_bytes(bf16, only=_in_decoder_linear))}}
+    out = {"bf16": _weights(bf16)}
     del bf16
-    nf4 = load_llm(LLMConfig(path=str(path), dtype="bfloat16", quantize="nf4"), prepare=False)
-    out["nf4_as_loaded"] = {"total_mib": mib(weight_bytes(nf4)),
-                            "decoder_linear_mib": mib(weight_bytes(nf4, only=_in_decoder_linear))}
-    prepare_kbit(nf4)
-    out["nf4_prepared"] = {"total_mib": mib(weight_bytes(nf4)),
-                           "decoder_linear_mib": mib(weight_bytes(nf4, only=_in_decoder_linear))}
+    for name, embeddings in NF4_VARIANTS.items():
+        nf4 = load_llm(LLMConfig(path=str(path), dtype="bfloat16", quantize="nf4", quantize_embeddings=embeddings),
+                       prepare=False)
+        out[f"{name}_as_loaded"] = _weights(nf4)
+        prepare_kbit(nf4)
+        out[f"{name}_prepared"] = _weights(nf4)
+        del nf4
     b = out["bf16"]
-    for key in ("nf4_as_loaded", "nf4_prepared"):
-        out[key]["ratio_to_bf16_total"] = round(out[key]["total_mib"] / b["total_mib"], 4)
-        out[key]["ratio_to_bf16_decoder_linear"] = round(out[key]["decoder_linear_mib"] / b["decoder_linear_mib"], 4)
+    for key, w in out.items():
+        if key != "bf16":
+            w["ratio_to_bf16_total"] = round(w["total_mib"] / b["total_mib"], 4)
+            w["ratio_to_bf16_decoder_linear"] = round(w["decoder_linear_mib"] / b["decoder_linear_mib"], 4)
     return out
 
 
@@ -137,9 +164,11 @@ def train_steps(variant: str, path: Path, steps: int, batch: int, seq: int, rank
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load_before = os.getloadavg()  # other work on the machine skews CPU step times
     rss_start = rss_mib()
-    cfg = LLMConfig(path=str(path), dtype="bfloat16", quantize="nf4" if variant == "qlora" else None)
+    qlora = variant.startswith("qlora")
+    cfg = LLMConfig(path=str(path), dtype="bfloat16", quantize="nf4" if qlora else None,
+                    quantize_embeddings=variant == "qlora_embeddings")
     llm = load_llm(cfg, gradient_checkpointing=gradient_checkpointing)
-    if variant != "qlora":
+    if not qlora:
         llm.to(device)
         if gradient_checkpointing:
             llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -177,7 +206,7 @@ def train_steps(variant: str, path: Path, steps: int, batch: int, seq: int, rank
     result = {
         "variant": variant, "device": device, "optimizer": opt_name, "threads": torch.get_num_threads(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "compute_dtype": str(compute_dtype_4bit(cfg)) if variant == "qlora" else "torch.bfloat16",
+        "compute_dtype": str(compute_dtype_4bit(cfg)) if qlora else "torch.bfloat16",
         "trainable_params": sum(p.numel() for p in params),
         "rss_before_load_mib": rss_start, "rss_after_load_mib": rss_loaded, "peak_rss_load_mib": load_peak,
         "peak_rss_steps_mib": peak_rss_mib(),
@@ -217,17 +246,71 @@ def machine() -> dict:
 
 
 # ----------------------------------------------------------------------------- main
+VARIANTS = {  # what each weight-memory / training-step key means, written into the JSON
+    "nf4": "QLoRA default: decoder linears NF4 + double quant, embedding / lm_head bf16",
+    "nf4_embeddings": "quantize_embeddings: true -- the tied embedding / lm_head in NF4 too, one storage",
+    "qlora": "training steps on the nf4 base", "qlora_embeddings": "training steps on the nf4_embeddings base",
+    "lora": "training steps on the bf16 base",
+}
+
+
+def run_worker(variant: str, path: Path, args) -> dict:
+    print(f"  training steps: {variant} ({args.steps} timed + 1 warm-up)", flush=True)
+    cmd = [sys.executable, __file__, "--worker", variant, "--model-dir", str(path),
+           "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
+           "--rank", str(args.rank), "--threads", str(args.threads)]
+    if args.gradient_checkpointing:
+        cmd.append("--gradient-checkpointing")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{variant} worker failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def measure_shape(name: str, tmp: str, args) -> dict:
+    shape, path = SHAPES[name], Path(tmp) / name
+    print(f"{name}: saving a random-init model ({args.layers or shape['num_hidden_layers']} layers)", flush=True)
+    info = save_model(path, shape, args.layers)
+    print(f"{name}: measuring weight memory (bf16, nf4, nf4 + embeddings)", flush=True)
+    weights = weight_memory(path)
+    steps = {v: run_worker(v, path, args) for v in STEP_VARIANTS[name]}
+    shutil.rmtree(path)  # the next shape's checkpoint needs the disk more
+    default, embedded = steps["qlora"]["losses"], steps["qlora_embeddings"]["losses"]
+    return {
+        "model": {**shape, "num_hidden_layers": args.layers or shape["num_hidden_layers"],
+                  "params": info["params"], "init": "random (seed 0), saved in bf16"},
+        "weight_memory_mib": weights,
+        "weight_ratio_nf4_to_bf16": {v: weights[f"{v}_as_loaded"]["ratio_to_bf16_total"] for v in NF4_VARIANTS},
+        "train_step": steps,
+        "qlora_losses": {"qlora": default, "qlora_embeddings": embedded,
+                         "max_rel_diff": round(max(abs(e - d) / d for d, e in zip(default, embedded)), 4)},
+    }
+
+
+def qlora_vs_lora(q: dict, lo: dict) -> dict:
+    return {
+        "peak_rss_steps_mib": {"qlora": q["peak_rss_steps_mib"], "lora_bf16": lo["peak_rss_steps_mib"]},
+        "peak_rss_ratio_qlora_to_lora": round(q["peak_rss_steps_mib"] / lo["peak_rss_steps_mib"], 3),
+        "peak_rss_over_start_mib": {"qlora": q["peak_rss_steps_over_start_mib"],
+                                    "lora_bf16": lo["peak_rss_steps_over_start_mib"]},
+        "mean_step_s": {"qlora": q["mean_step_s"], "lora_bf16": lo["mean_step_s"]},
+        "step_time_ratio_qlora_to_lora": round(q["mean_step_s"] / lo["mean_step_s"], 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/qlora_memory.json")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--layers", type=int, default=30, help="fewer for a quick smoke run")
+    p.add_argument("--layers", type=int, help="fewer for a quick smoke run (default: each shape's own)")
     p.add_argument("--rank", type=int, default=16, help="LoRA r (alpha = 2r), all linear layers")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--worker", choices=["qlora", "lora"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["qlora", "qlora_embeddings", "lora"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -238,53 +321,34 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="qlora-bench-") as tmp:
-        path = Path(tmp) / "smollm2-135m-shaped"
-        print(f"saving a random-init SmolLM2-135M-shaped model ({args.layers} layers) to {path}", flush=True)
-        info = save_model(path, args.layers)
-        print("measuring weight memory (bf16, nf4)", flush=True)
-        weights = weight_memory(path)
-        steps = {}
-        for variant in ("qlora", "lora"):
-            print(f"training steps: {variant} ({args.steps} timed + 1 warm-up)", flush=True)
-            cmd = [sys.executable, __file__, "--worker", variant, "--model-dir", str(path),
-                   "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
-                   "--rank", str(args.rank), "--threads", str(args.threads)]
-            if args.gradient_checkpointing:
-                cmd.append("--gradient-checkpointing")
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                raise SystemExit(f"{variant} worker failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-            steps[variant] = json.loads(lines[-1][len("RESULT "):])
-
-    q, lo = steps["qlora"], steps["lora"]
+        shapes = {name: measure_shape(name, tmp, args) for name in args.shapes}
+    ratios = {name: r["weight_ratio_nf4_to_bf16"] for name, r in shapes.items()}
+    meets = {v: {name: r[v] <= TARGET_WEIGHT_RATIO for name, r in ratios.items()} for v in NF4_VARIANTS}
     result = {
-        "model": {**SMOLLM2_135M, "num_hidden_layers": args.layers, "params": info["params"],
-                  "init": "random (seed 0), saved in bf16"},
+        "variants": VARIANTS,
         "batch": {"batch_size": args.batch, "seq_len": args.seq, "lora_r": args.rank,
                   "lora_alpha": 2 * args.rank, "target_modules": "all-linear",
                   "gradient_checkpointing": args.gradient_checkpointing},
-        "weight_memory_mib": weights,
         "weight_ratio_target": TARGET_WEIGHT_RATIO,
-        "weight_ratio_nf4_to_bf16": weights["nf4_as_loaded"]["ratio_to_bf16_total"],
-        "meets_weight_ratio_target": weights["nf4_as_loaded"]["ratio_to_bf16_total"] <= TARGET_WEIGHT_RATIO,
-        "train_step": {"qlora_nf4": q, "lora_bf16": lo},
-        "summary": {
-            "peak_rss_steps_mib": {"qlora": q["peak_rss_steps_mib"], "lora_bf16": lo["peak_rss_steps_mib"]},
-            "peak_rss_ratio_qlora_to_lora": round(q["peak_rss_steps_mib"] / lo["peak_rss_steps_mib"], 3),
-            "peak_rss_over_start_mib": {"qlora": q["peak_rss_steps_over_start_mib"],
-                                        "lora_bf16": lo["peak_rss_steps_over_start_mib"]},
-            "mean_step_s": {"qlora": q["mean_step_s"], "lora_bf16": lo["mean_step_s"]},
-            "step_time_ratio_qlora_to_lora": round(q["mean_step_s"] / lo["mean_step_s"], 3),
-        },
-        "machine": machine(),
+        "weight_ratio_nf4_to_bf16": ratios,  # whole model, as loaded, nf4 variant / bf16
+        "meets_weight_ratio_target": meets,
+        "meets_weight_ratio_target_with": [v for v, ok in meets.items() if all(ok.values())],
+        "qlora_loss_max_rel_diff_embeddings_vs_default": {
+            name: r["qlora_losses"]["max_rel_diff"] for name, r in shapes.items()},
+        "summary_qlora_vs_lora": {name: qlora_vs_lora(r["train_step"]["qlora"], r["train_step"]["lora"])
+                                  for name, r in shapes.items() if "lora" in r["train_step"]},
+        "shapes": shapes,
+        "machine": {**machine(), "load_average_before": load_before},
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({"weight_memory_mib": weights, **result["summary"]}, indent=2))
+    keys = ("weight_ratio_nf4_to_bf16", "meets_weight_ratio_target", "meets_weight_ratio_target_with",
+            "qlora_loss_max_rel_diff_embeddings_vs_default", "summary_qlora_vs_lora")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
     print(f"wrote {out} ({result['wall_s']}s)")
     return result
 

@@ -236,6 +236,9 @@ class LLMConfig:
     arch: dict[str, Any] = field(default_factory=dict)  # HF config kwargs incl. model_type
     dtype: str = "float32"
     quantize: str | None = None  # "nf4" loads 4-bit weights through bitsandbytes
+    # With quantize: nf4, the input embedding and lm_head in NF4 too (one storage when tied).
+    # Off by default, as in QLoRA; worth it where the vocabulary is a large share of the model.
+    quantize_embeddings: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

@@ -44,6 +44,7 @@ def _full_precision_view(src: Path, into: Path) -> Path:
     cfg = json.loads((src / CONFIG).read_text())
     llm = cfg.setdefault("llm", {})
     llm["quantize"] = None  # never merge into 4-bit weights: the base is loaded in full precision
+    llm["quantize_embeddings"] = False  # embeddings / lm_head too: the saved base's own, not NF4's
     llm["dtype"] = "float32"  # merge in fp32 whatever the training dtype; cast when writing
     base = llm.get("path")
     if base is not None and Path(base).is_absolute() and not Path(base).exists():
@@ -78,7 +79,7 @@ def export_merged(run_or_model_dir: str | Path, out_dir: str | Path, dtype: str 
         merged.to(torch_dtype(dtype))
         model.llm = merged
         model.config = dataclasses.replace(model.config, llm=dataclasses.replace(
-            model.config.llm, dtype=dtype, quantize=None))
+            model.config.llm, dtype=dtype, quantize=None, quantize_embeddings=False))
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)  # llm/ (merged), tokenizer/, encoders/, projectors, config
 

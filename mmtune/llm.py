@@ -3,10 +3,15 @@
 QLoRA (Dettmers et al., 2023) = `quantize: nf4` + `lora.r > 0`: the frozen base weights are
 stored as 4-bit NormalFloat with double-quantised block constants (bitsandbytes `Linear4bit`),
 dequantised block by block for each matmul, and only the LoRA adapters (kept in fp32) train.
+`quantize_embeddings` stores the input embedding and the lm_head in NF4 as well (QLoRA keeps
+them in 16-bit; see `quantize_vocab_nf4`).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
+from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .config import LLMConfig, LoraConfig
@@ -44,6 +49,8 @@ def compute_dtype_4bit(cfg: LLMConfig) -> torch.dtype:
 
 def _quantization(cfg: LLMConfig):
     if cfg.quantize is None:
+        if cfg.quantize_embeddings:
+            raise ValueError("model.llm.quantize_embeddings needs model.llm.quantize: nf4")
         return None
     if cfg.quantize != "nf4":
         raise ValueError(f"model.llm.quantize: {cfg.quantize!r} is not supported (use 'nf4')")
@@ -87,6 +94,8 @@ def load_llm(cfg: LLMConfig, *, prepare: bool = True,
     if cfg.path is not None:
         llm = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, quantization_config=quantization)
         if quantization is not None:
+            if cfg.quantize_embeddings:
+                quantize_vocab_nf4(llm, compute_dtype_4bit(cfg))
             _keep_cpu_layout(llm)
             if prepare:
                 if gradient_checkpointing is None:
@@ -121,9 +130,79 @@ def prepare_kbit(llm: PreTrainedModel, gradient_checkpointing: bool = False) -> 
     gradient checkpointing, non-reentrant (no need for inputs that require grad)."""
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(
+    llm = prepare_model_for_kbit_training(
         llm, use_gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
+    emb = llm.get_input_embeddings()
+    if isinstance(emb, nf4_embedding_class()):
+        emb.dtype = torch.float32  # the residual stream starts in fp32, as an upcast embedding's would
+    return llm
+
+
+@functools.cache
+def nf4_embedding_class() -> type:
+    """bitsandbytes' `Embedding4bit`, able to read a double-quantised weight (the one a tied
+    `Linear4bit` lm_head shares) and to be saved. bnb 0.50.2's own forward gathers the rows'
+    absmax and only then expands them with the nested constants, indexed by position in the
+    gathered copy: right only without double quantisation. And it refuses to save, which peft
+    does on every adapter save (`state_dict()` of the whole model). Built on first use:
+    bitsandbytes is an optional dependency."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import QuantState, dequantize_4bit, dequantize_blockwise
+
+    class NF4Embedding(bnb.nn.Embedding4bit):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            qs = self.weight.quant_state
+            rows = self.weight.data.view(torch.uint8).view(self.num_embeddings, -1)  # 2 weights a byte
+            absmax = qs.absmax
+            if qs.nested:  # V*D/64 floats, 1/8 of the packed weight: expanded, then rows gathered
+                absmax = dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
+            per_row = QuantState(absmax=F.embedding(ids, absmax.view(self.num_embeddings, -1)).flatten(),
+                                 shape=torch.Size((*ids.shape, self.embedding_dim)), code=qs.code,
+                                 blocksize=qs.blocksize, quant_type=qs.quant_type, dtype=qs.dtype)
+            return dequantize_4bit(F.embedding(ids, rows).view(-1, 1), per_row).to(self.dtype)
+
+        def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+            # As Linear4bit saves: the packed weight and its quantisation state, no dequantising.
+            torch.nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+            for k, v in self.weight.quant_state.as_dict(packed=True).items():
+                destination[prefix + "weight." + k] = v if keep_vars else v.detach()
+
+    return NF4Embedding
+
+
+def quantize_vocab_nf4(llm: PreTrainedModel, compute_dtype: torch.dtype) -> None:
+    """Replace the input embedding and the lm_head by NF4 + double-quant modules, quantised from
+    the weights as loaded. Tied weights stay tied: both modules hold the one `Params4bit`
+    (the embedding matrix [V, D] and the head's [out=V, in=D] are the same row-major layout,
+    so the same blocks of 64 serve a row gather and a matmul)."""
+    import bitsandbytes as bnb
+
+    emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
+    tied = head is not None and head.weight is emb.weight
+    if emb.embedding_dim % 64:
+        # A row gather needs whole blocks per row. (bnb 0.50.2's CPU dequantise kernel also
+        # mis-scales 2-D weights whose rows are not whole blocks: any Linear4bit, not just these.)
+        raise ValueError(f"model.llm.quantize_embeddings: hidden size {emb.embedding_dim} is not a "
+                         "multiple of the NF4 block size 64")
+
+    def nf4(weight: torch.Tensor):
+        return bnb.nn.Params4bit(weight.data, requires_grad=False, blocksize=64, compress_statistics=True,
+                                 quant_type="nf4").to(weight.device)  # .to quantises
+
+    new_emb = nf4_embedding_class()(emb.num_embeddings, emb.embedding_dim, dtype=emb.weight.dtype,
+                                    quant_type="nf4", device="meta")
+    new_emb.weight = nf4(emb.weight)
+    new_emb.padding_idx = emb.padding_idx
+    llm.set_input_embeddings(new_emb)
+    if head is None:
+        return
+    new_head = bnb.nn.Linear4bit(head.in_features, head.out_features, bias=head.bias is not None,
+                                 compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+    new_head.weight = new_emb.weight if tied else nf4(head.weight)
+    if head.bias is not None:
+        new_head.bias = head.bias
+    llm.set_output_embeddings(new_head)
 
 
 def add_lora(llm: PreTrainedModel, cfg: LoraConfig):

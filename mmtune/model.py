@@ -196,6 +196,8 @@ class MultimodalLM(nn.Module):
             else:
                 llm_cfg.path = str(Path(self.config.llm.path).resolve())
         else:
+            if cfg.llm.quantize and cfg.llm.quantize_embeddings:  # no format transformers reloads
+                raise ValueError("a 4-bit LLM with quantize_embeddings saves only as a LoRA adapter")
             self.llm.save_pretrained(out / "llm")
             llm_cfg.path = "llm"
         encoders = {}

@@ -24,7 +24,7 @@ LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def save_llama(path, hidden: int = 64, intermediate: int = 128, layers: int = 2, heads: int = 2,
-               seed: int = 0):
+               seed: int = 0, tie: bool = False):
     """A random-init tiny Llama (+ the synthetic tokenizer) saved as an HF checkpoint."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -32,7 +32,7 @@ def save_llama(path, hidden: int = 64, intermediate: int = 128, layers: int = 2,
     arch = dict(tiny_llm_arch(len(tok)))
     arch.pop("model_type")
     arch.update(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=heads)
+                num_attention_heads=heads, num_key_value_heads=heads, tie_word_embeddings=tie)
     torch.manual_seed(seed)
     llm = LlamaForCausalLM(LlamaConfig(**arch))
     llm.save_pretrained(path)
@@ -48,10 +48,11 @@ def base(tmp_path_factory):
     return path
 
 
-def qlora_model(base, r: int = 8, seed: int = 0, quantize: str | None = "nf4") -> MultimodalLM:
+def qlora_model(base, r: int = 8, seed: int = 0, quantize: str | None = "nf4", **llm) -> MultimodalLM:
     """A MultimodalLM on the 4-bit base with LoRA on, the adapters made non-trivial (peft
-    starts lora_B at zero, which would make every adapter test pass vacuously)."""
-    d = tiny_model_dict(llm={"path": str(base), "quantize": quantize, "lora": {"r": r, "dropout": 0.0}})
+    starts lora_B at zero, which would make every adapter test pass vacuously). `llm`: more
+    model.llm fields."""
+    d = tiny_model_dict(llm={"path": str(base), "quantize": quantize, "lora": {"r": r, "dropout": 0.0}, **llm})
     del d["llm"]["arch"]
     torch.manual_seed(seed)
     model = MultimodalLM.build(from_dict(ModelConfig, d))
@@ -83,6 +84,20 @@ def loss_of(model: MultimodalLM, batch) -> torch.Tensor:
     labels = batch.labels[:, 1:]
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
                                        ignore_index=IGNORE)
+
+
+def lora_steps(model: MultimodalLM, batch, lora: dict[str, nn.Parameter], steps: int) -> list[float]:
+    """AdamW steps on the adapters alone; every adapter gets a gradient at every step."""
+    opt = torch.optim.AdamW(lora.values(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = loss_of(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values())
+        opt.step()
+        losses.append(loss.item())
+    return losses
 
 
 def decoder_linears(llm: nn.Module) -> dict[str, nn.Module]:
@@ -163,16 +178,7 @@ def test_qlora_steps_on_cpu_reduce_the_loss(base):
     assert len(frozen) == 14
 
     assert kbit_optimizer(trainable, 1e-2, (0.9, 0.999), 0.0, "cpu") is None  # caller: AdamW
-    opt = torch.optim.AdamW(lora.values(), lr=1e-2)  # the adapters alone
-    batch = make_batch(model)
-    losses = []
-    for _ in range(8):
-        loss = loss_of(model, batch)
-        opt.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values())
-        opt.step()
-        losses.append(loss.item())
+    losses = lora_steps(model, make_batch(model), lora, 8)
     assert losses[-1] < 0.9 * losses[0] and min(losses[4:]) < min(losses[:4]), losses
     for n, m in model.llm.named_modules():  # the 4-bit base never changes
         if n in frozen:
