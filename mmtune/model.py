@@ -10,6 +10,7 @@ The whole forward is `embed()` + one LLM call:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 
 from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
 from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
-from .config import ModelConfig, TokenizerConfig, from_dict, to_dict
+from .config import ModelConfig, ProjectorConfig, TokenizerConfig, from_dict, to_dict
 from .data.tokenizer import MEDIA_TOKENS, load_tokenizer
 from .llm import add_lora, load_llm
 from .projectors.qformer import QFormerInstruction
@@ -64,6 +65,22 @@ class PlaceholderMismatchError(ValueError):
     pass
 
 
+def build_projector(modality: str, cfg: ProjectorConfig, encoder: nn.Module, d_llm: int) -> nn.Module:
+    """The projector for `encoder`'s features. A projector that works over time (it takes a
+    `num_frames` argument, e.g. the video Q-Former) gets the encoder's frame count, so the
+    number is set once, in the encoder's config; a different explicit value is an error."""
+    builder = PROJECTORS.get(cfg.type)
+    options = dict(cfg.options)
+    frames = getattr(encoder, "num_frames", None)
+    if frames is not None and "num_frames" in inspect.signature(builder).parameters:
+        given = options.setdefault("num_frames", frames)
+        if given != frames:
+            raise ValueError(f"model.projectors.{modality}.options.num_frames={given} but the {modality} "
+                             f"encoder samples {frames} frames (model.encoders.{modality}.arch.num_frames); "
+                             "drop the projector's value to follow the encoder")
+    return builder(encoder.hidden_size, d_llm, **options)
+
+
 class MultimodalLM(nn.Module):
     def __init__(self, config: ModelConfig, llm: nn.Module, encoders: dict[str, nn.Module],
                  projectors: dict[str, nn.Module], tokenizer,
@@ -89,9 +106,7 @@ class MultimodalLM(nn.Module):
         encoders, projectors = {}, {}
         for modality, enc_cfg in cfg.encoders.items():
             encoders[modality] = ENCODERS.get(enc_cfg.type)(enc_cfg)
-            proj_cfg = cfg.projectors[modality]
-            projectors[modality] = PROJECTORS.get(proj_cfg.type)(
-                encoders[modality].hidden_size, d_llm, **proj_cfg.options)
+            projectors[modality] = build_projector(modality, cfg.projectors[modality], encoders[modality], d_llm)
         tokenizer = load_tokenizer(cfg.tokenizer, cfg.llm.path)
         instruction_tokenizers = {m: load_tokenizer(p.instruction_tokenizer, None, media_tokens=False)
                                   for m, p in cfg.projectors.items() if p.instruction_tokenizer is not None}

@@ -7,10 +7,9 @@ medium's tokens: it shortens trailing text, or drops the sample, and says which 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from PIL import Image
 
 from ..model import IGNORE, Batch
 from ..projectors.qformer import QFormerInstruction
@@ -18,6 +17,13 @@ from .chat import Rendered, render, render_prompt, tokenize_with_labels
 from .instructions import medium_instructions
 from .media import MediaError, load_image
 from .records import PLACEHOLDER_RE, Record, RecordError
+
+# A decoded medium before preprocessing: a PIL image, uint8 video frames [T, H, W, 3], or a
+# float32 waveform [S]; each encoder's `load` / `blank` / `preprocess` agree on its form.
+RawMedium = Any
+# (raw medium, key) -> raw medium; `key` ("<record id>:<modality>:<index>") seeds anything random,
+# so a transformed evaluation is the same on every run and in every worker.
+MediaTransform = Callable[[RawMedium, str], RawMedium]
 
 
 @dataclass
@@ -61,11 +67,15 @@ class ExampleEncoder:
     template: str
     tokens_per_medium: dict[str, int]  # modality -> placeholder ids per medium
     placeholder_ids: dict[str, int]
-    preprocess: dict[str, Callable[[list[Image.Image]], torch.Tensor]]
+    preprocess: dict[str, Callable[[list[RawMedium]], torch.Tensor]]  # modality -> batch of raw -> tensor
     max_length: int = 512
     skip_bad: bool = False
     caption_task: bool = False  # LLaVA pretraining: drop the instruction text
-    blank_media: Callable[[str], Image.Image] | None = None  # modality -> blank stand-in
+    blank_media: Callable[[str], RawMedium] | None = None  # modality -> blank stand-in
+    # modality -> (path, where) -> raw medium, raising MediaError; images default to load_image
+    load: dict[str, Callable[[str, str], RawMedium]] = field(default_factory=dict)
+    # modality -> applied to each raw medium before preprocessing (e.g. frames shuffled in time)
+    media_transform: dict[str, MediaTransform] = field(default_factory=dict)
     # modality -> the projector's own tokenizer, for instruction-aware projectors only
     instruction_tokenizers: dict[str, object] = field(default_factory=dict)
     max_instruction_length: int = 128
@@ -85,10 +95,14 @@ class ExampleEncoder:
                 raise SampleError(f"{record.source}: record has {modality} but the model has no "
                                   f"{modality} encoder")
             if self.blank_media is not None:
-                images = [self.blank_media(modality) for _ in paths]
+                raw = [self.blank_media(modality) for _ in paths]
             else:
-                images = [load_image(p, record.source) for p in paths]
-            out[modality] = self.preprocess[modality](images)
+                load = self.load.get(modality, load_image)
+                raw = [load(p, record.source) for p in paths]
+            transform = self.media_transform.get(modality)
+            if transform is not None:
+                raw = [transform(m, f"{record.id}:{modality}:{i}") for i, m in enumerate(raw)]
+            out[modality] = self.preprocess[modality](raw)
         return out
 
     def expand(self, ids: list[int], supervised: list[bool], record: Record) -> tuple[list[int], list[int]]:

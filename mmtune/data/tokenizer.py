@@ -18,11 +18,16 @@ TEMPLATE_WORDS = ["USER", "ASSISTANT", ":"]
 
 def synthetic_words() -> list[str]:
     """Every word the synthetic tasks use, in a fixed order (ids must not depend on data)."""
+    from .synth_av import VOCAB as AV_VOCAB
+    from .synth_motion import VOCAB as MOTION_VOCAB
     from .synth_shapes import VOCAB as SHAPES_VOCAB
     from .synth_text import VOCAB as TEXT_VOCAB
+    from .synth_tones import VOCAB as TONES_VOCAB
 
     words: list[str] = []
-    for w in TEMPLATE_WORDS + list(SHAPES_VOCAB) + list(TEXT_VOCAB):  # append-only: ids stay
+    # Append-only: the ids of earlier words stay (new tasks' words go at the end).
+    for w in TEMPLATE_WORDS + list(SHAPES_VOCAB) + list(TEXT_VOCAB) + list(MOTION_VOCAB) + list(TONES_VOCAB) \
+            + list(AV_VOCAB):
         if w not in words:
             words.append(w)
     return words

@@ -108,8 +108,9 @@ class AudioQFormerProjector(nn.Module):
         return self.qformer(features, instruction)  # [n, K, D_llm]
 
 
-def _build_video_qformer(in_dim: int, out_dim: int, **options: Any) -> VideoQFormerProjector:
-    return VideoQFormerProjector(in_dim, out_dim, **options)
+def _build_video_qformer(in_dim: int, out_dim: int, *, num_frames: int, **options: Any) -> VideoQFormerProjector:
+    # `num_frames` is named here so MultimodalLM.build can hand it the encoder's frame count.
+    return VideoQFormerProjector(in_dim, out_dim, num_frames=num_frames, **options)
 
 
 def _build_audio_qformer(in_dim: int, out_dim: int, **options: Any) -> AudioQFormerProjector:

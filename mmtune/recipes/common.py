@@ -10,12 +10,11 @@ import torch
 
 from ..config import RecipeConfig, from_dict, load_yaml, merge, parse_overrides, save_yaml
 from ..data.chat import resolve_template
-from ..data.collate import ExampleEncoder, RecordDataset, collate, pack
+from ..data.collate import ExampleEncoder, MediaTransform, RecordDataset, collate, pack
 from ..data.instructions import split_turns
 from ..data.records import read_records
-from ..encoders.base import blank_image
 from ..model import MultimodalLM
-from ..train.evaluate import evaluate_qa
+from ..train.evaluate import ShuffledFrames, evaluate_qa
 from ..zoo import resolve_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -62,8 +61,11 @@ def seed_everything(seed: int) -> None:
 
 
 def example_encoder(model: MultimodalLM, cfg: RecipeConfig, template_name: str | None,
-                    caption_task: bool = False, blank: bool = False) -> ExampleEncoder:
-    specs = {m: e.spec for m, e in model.encoders.items()}
+                    caption_task: bool = False, blank: bool = False,
+                    media_transform: dict[str, MediaTransform] | None = None) -> ExampleEncoder:
+    """Every modality's encoder decodes its own files (`load`), offers its blank stand-in
+    (`blank`: flat image, flat frames, silence) and preprocesses a batch (`preprocess`)."""
+    encoders = dict(model.encoders.items())
     return ExampleEncoder(
         tokenizer=model.tokenizer, template=resolve_template(model.tokenizer, template_name),
         tokens_per_medium={m: model.tokens_per_medium(m) for m in model.encoders},
@@ -71,7 +73,8 @@ def example_encoder(model: MultimodalLM, cfg: RecipeConfig, template_name: str |
         preprocess={m: e.preprocess for m, e in model.encoders.items()},
         max_length=cfg.train.max_length, skip_bad=cfg.train.on_bad_sample == "skip",
         caption_task=caption_task,
-        blank_media=(lambda m: blank_image(specs[m])) if blank else None,
+        blank_media=(lambda m: encoders[m].blank()) if blank else None,
+        load={m: e.load for m, e in encoders.items()}, media_transform=media_transform or {},
         instruction_tokenizers=model.instruction_tokenizers,
         max_instruction_length=min((model.config.projectors[m].max_instruction_length
                                     for m in model.instruction_tokenizers), default=128))
@@ -107,8 +110,11 @@ def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device
         records = records[: cfg.eval.limit]
     enc = example_encoder(model, cfg, None)
     blank = example_encoder(model, cfg, None, blank=True) if len(model.encoders) else None
+    # A video model that reads temporal order must lose it when its frames are out of order.
+    probes = ({"shuffled_frames": example_encoder(model, cfg, None, media_transform={
+        "video": ShuffledFrames(cfg.train.seed)})} if "video" in model.encoders else {})
     return evaluate_qa(model, records, enc, blank, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                       device, tuple(cfg.eval.separate_splits))
+                       device, tuple(cfg.eval.separate_splits), probes)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -3,12 +3,17 @@
 Blank-media accuracy is the proof that answers come from the medium: a model that reads its
 image drops to chance when the image is replaced by a flat one; a model that learned the
 answer distribution (or a wiring bug that ignores the image) does not.
+
+Further probes run the same questions with the media altered (`probes`: name -> encoder),
+each reported as `<name>_accuracy`; e.g. `shuffled_frames`: a video model that really uses
+temporal order loses the direction of motion when its frames are put out of order.
 """
 from __future__ import annotations
 
+import random
 import string
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -44,33 +49,56 @@ def generate_answers(model, records: list[Record], encoder: ExampleEncoder, batc
     return answers
 
 
+@dataclass(frozen=True)
+class ShuffledFrames:
+    """A media transform: the frames of a clip [T, ...] in a random order other than the
+    original, the same order for the same key (record, medium) on every run."""
+
+    seed: int = 0
+
+    def __call__(self, frames: torch.Tensor, key: str) -> torch.Tensor:
+        t = frames.shape[0]
+        if t < 2:
+            raise ValueError(f"{key}: a clip of {t} frame(s) cannot be shuffled in time")
+        rng = random.Random(f"{self.seed}:{key}")
+        order = list(range(t))
+        while order == sorted(order):
+            rng.shuffle(order)
+        return frames[order]
+
+
 def _accuracy(hits: list[bool]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
 def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_encoder: ExampleEncoder | None,
                 batch_size: int = 64, max_new_tokens: int = 8, device="cpu",
-                separate_splits: tuple[str, ...] = ()) -> dict:
+                separate_splits: tuple[str, ...] = (), probes: dict[str, ExampleEncoder] | None = None) -> dict:
     """Exact-match accuracy (after lower-casing and dropping punctuation) of the last
-    assistant turn of each record, by question type and split, with and without media.
+    assistant turn of each record, by question type and split, with and without media, and
+    with the media altered by each of `probes` (reported as `<name>_accuracy`).
 
     Records whose `meta.split` is in `separate_splits` are scored but kept out of the
     headline `accuracy` (e.g. the harder binding split), and reported on their own.
     """
+    probes = probes or {}
     targets = [normalise(r.messages[-1]["content"]) for r in records]
     prompts = [replace(r, messages=r.messages[:-1]) for r in records]
     real = generate_answers(model, prompts, encoder, batch_size, max_new_tokens, device)
     # Text-only models have no medium to blank: their blank scores are reported as null.
     blank = (generate_answers(model, prompts, blank_encoder, batch_size, max_new_tokens, device)
              if blank_encoder is not None else [None] * len(records))
+    probed = {name: generate_answers(model, prompts, enc, batch_size, max_new_tokens, device)
+              for name, enc in probes.items()}
     groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     answers_by_type: dict[str, set[str]] = defaultdict(set)
-    for r, t, a, b in zip(records, targets, real, blank):
+    for i, (r, t, a, b) in enumerate(zip(records, targets, real, blank)):
         qtype, split = r.meta.get("type", "all"), r.meta.get("split", "all")
         answers_by_type[qtype].add(t)
         scores = {"real": first_answer(a, t) == t, "real_exact": normalise(a) == t}
         if b is not None:
             scores.update(blank=first_answer(b, t) == t, blank_exact=normalise(b) == t)
+        scores.update({name: first_answer(answers[i], t) == t for name, answers in probed.items()})
         group = "separate" if split in separate_splits else "headline"
         for key in (group, f"type:{qtype}", f"split:{split}"):
             for name, hit in scores.items():
@@ -81,7 +109,7 @@ def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_enc
     def summary(g: dict[str, list[bool]]) -> dict:
         return {"accuracy": _accuracy(g["real"]), "blank_media_accuracy": _accuracy(g["blank"]),
                 "exact_match": _accuracy(g["real_exact"]), "blank_exact_match": _accuracy(g["blank_exact"]),
-                "n": len(g["real"])}
+                **{f"{name}_accuracy": _accuracy(g[name]) for name in probes}, "n": len(g["real"])}
 
     head = [r for r in records if r.meta.get("split", "all") not in separate_splits]
     result = {
@@ -93,6 +121,7 @@ def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_enc
                     for k, v in sorted(groups.items()) if k.startswith("type:")},
         "by_split": {k[6:]: summary(v) for k, v in sorted(groups.items()) if k.startswith("split:")},
         "reported_separately": list(separate_splits),
+        "probes": list(probes),  # each one's score is `<name>_accuracy`, overall and per type
         "examples": [{"id": r.id, "question": r.messages[-2]["content"], "target": t, "answer": a,
                       "blank_answer": b, "media": r.media} for r, t, a, b in list(zip(records, targets, real, blank))[:8]],
     }
