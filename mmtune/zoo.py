@@ -14,7 +14,7 @@ import torch
 from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
 from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
 from .config import ModelConfig, from_dict, merge
-from .registry import ENCODERS, PRESETS, PROJECTORS
+from .registry import ENCODERS, PRESETS
 
 
 def clip_vit_l14_336() -> dict:
@@ -139,16 +139,86 @@ def _tiny_instructblip() -> dict:
 
     vocab = len(build_word_tokenizer(synthetic_words()))
     tiny = _tiny_llava()
-    tiny["encoders"]["image"].update(select_layer=-1, drop_cls=False)
+    tiny["encoders"]["image"].update(select_layer=-1, drop_cls=True)  # 8x8 patch grid
     tiny["projectors"] = {"image": {
         "type": "qformer", "instruction_tokenizer": {"type": "synthetic"}, "max_instruction_length": 32,
         "options": {"num_queries": 16, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
                     "intermediate_size": 256, "cross_attention_frequency": 1, "instruction_aware": True,
-                    "vocab_size": vocab, "max_position_embeddings": 64, "dropout": 0.0}}}
+                    "vocab_size": vocab, "max_position_embeddings": 64, "dropout": 0.0,
+                    "feature_pos_embed": True}}}
     return tiny
 
 
 PRESETS.register("tiny-instructblip", _tiny_instructblip)
+
+
+def whisper_large_v3_encoder() -> dict:
+    """Whisper-large-v3's encoder (128 mel bins, 30 s windows -> 1500 tokens of width 1280).
+    Video-LLaMA's audio encoder is ImageBind-Huge's audio branch, which transformers does not
+    provide: this is a stand-in (another architecture and size, ~637M parameters), so the
+    audio branch's count differs from the paper's. Point `path` at a local Whisper checkpoint."""
+    return {"type": "whisper_audio", "select_layer": -1, "drop_cls": False,
+            "arch": {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20,
+                     "encoder_ffn_dim": 5120, "num_mel_bins": 128, "max_source_positions": 1500}}
+
+
+def _video_llama(llm: dict) -> dict:
+    """Video-LLaMA (DAMO-NLP-SG): EVA ViT-g per frame (8 frames), BLIP-2's Q-Former per
+    frame, trainable frame positions, a 2-layer video Q-Former (32 queries) -> Vicuna; audio:
+    an audio encoder -> 2-layer audio Q-Former (8 queries) -> Vicuna. Frame positions live in
+    the projector, after the frame Q-Former, as in the paper."""
+    return {"llm": llm,
+            "encoders": {"video": {"type": "video_frames", "arch": {
+                             "frame_encoder": eva_vit_g(), "num_frames": 8, "frame_positions": False}},
+                         "audio": whisper_large_v3_encoder()},
+            "projectors": {"video": {"type": "video_qformer", "options": {
+                               "frame_qformer": {"num_layers": 12, "cross_attention_frequency": 2}}},
+                           "audio": {"type": "audio_qformer"}},
+            "tokenizer": {"type": "auto", "chat_template": "plain"}}
+
+
+PRESETS.register("video-llama-7b", lambda: _video_llama(vicuna(4096, 11008, 32, 32)))
+
+
+def _tiny_video_llama(modalities: tuple[str, ...]) -> dict:
+    """Tiny Video-LLaMA for CPU (shared/CALIBRATION.md, "Video"): 32 px frames through a
+    3-layer conv (16 tokens per frame), trainable frame positions in the projector, a 2-layer
+    video Q-Former (hidden 64, 8 queries); 1 s of audio through a 2-layer random Whisper
+    encoder (50 tokens), an audio Q-Former (8 queries); a 2-layer Llama (hidden 128)."""
+    from .data.tokenizer import build_word_tokenizer, synthetic_words
+
+    vocab = len(build_word_tokenizer(synthetic_words()))
+    qformer = {"num_queries": 8, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
+               "intermediate_size": 128, "dropout": 0.0}
+    encoders = {"video": {"type": "video_frames", "arch": {
+                    "frame_encoder": {"type": "conv", "image_pad": False,
+                                      "arch": {"image_size": 32, "channels": [32, 64, 64]}},
+                    "num_frames": 8, "frame_positions": False}},
+                # init_std 0.1: at Whisper's 0.02 the random convs shrink the log-mel so much that the
+                # sinusoidal positions make up ~95% of every frozen feature, and the branch stayed at
+                # chance; at 0.1 the sound is most of the feature.
+                "audio": {"type": "whisper_audio", "select_layer": -1, "drop_cls": False, "arch": {
+                    "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 128,
+                    "num_mel_bins": 80, "max_source_positions": 50, "init_std": 0.1}}}
+    projectors = {"video": {"type": "video_qformer", "options": qformer},
+                  "audio": {"type": "audio_qformer", "options": qformer}}
+    # The LLM stays frozen, as in the paper. At transformers' default init (std 0.02) a frozen
+    # random lm_head and final norm bound the logits to about +-2.5 and attention is near
+    # uniform: the projector-only loss stalled at ~2.7 (LoRA adapters too). At std 0.1 the
+    # frozen random Llama is readable, and motion direction trains to ~0.1 loss in 400 steps.
+    return {"llm": {"arch": {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+                             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                             "vocab_size": vocab, "max_position_embeddings": 256, "initializer_range": 0.1,
+                             "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 2,
+                             "eos_token_id": 3}},
+            "encoders": {m: encoders[m] for m in modalities},
+            "projectors": {m: projectors[m] for m in modalities},
+            "tokenizer": {"type": "synthetic"}}
+
+
+PRESETS.register("tiny-video-llama", lambda: _tiny_video_llama(("video",)))
+PRESETS.register("tiny-video-llama-audio", lambda: _tiny_video_llama(("audio",)))
+PRESETS.register("tiny-video-llama-av", lambda: _tiny_video_llama(("video", "audio")))
 
 
 def resolve_model(data: dict) -> dict:
@@ -166,6 +236,7 @@ def preset_config(name: str) -> ModelConfig:
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
     """Parameters per part, built on the meta device from the architecture alone."""
     from .llm import load_llm
+    from .model import build_projector
 
     counts: dict[str, int] = {}
     with torch.device("meta"):
@@ -175,8 +246,7 @@ def count_parameters(cfg: ModelConfig) -> dict[str, int]:
         for modality, enc_cfg in cfg.encoders.items():
             enc = ENCODERS.get(enc_cfg.type)(dataclasses.replace(enc_cfg, path=None))
             counts[f"encoder.{modality}"] = sum(p.numel() for p in enc.parameters())
-            proj_cfg = cfg.projectors[modality]
-            proj = PROJECTORS.get(proj_cfg.type)(enc.hidden_size, d_llm, **proj_cfg.options)
+            proj = build_projector(modality, cfg.projectors[modality], enc, d_llm)
             counts[f"projector.{modality}"] = sum(p.numel() for p in proj.parameters())
     counts["total"] = sum(counts.values())
     return counts

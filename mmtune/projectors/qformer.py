@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import PROJECTORS
+from .mlp import sincos_2d
 
 
 @dataclass
@@ -110,8 +111,13 @@ class QFormerProjector(nn.Module):
                  intermediate_size: int = 3072, cross_attention_frequency: int = 2,
                  instruction_aware: bool = True, vocab_size: int = 30523,
                  max_position_embeddings: int = 512, pad_token_id: int = 0,
-                 layer_norm_eps: float = 1e-12, dropout: float = 0.1) -> None:
+                 layer_norm_eps: float = 1e-12, dropout: float = 0.1,
+                 feature_pos_embed: bool = False) -> None:
         super().__init__()
+        # Optional fixed 2-D sin-cos code added to the encoder features before cross-attention
+        # (as Qwen-VL's resampler does): a pretrained tower's features say where each patch is;
+        # a random-init tiny tower's barely do, and a Q-Former pools over positions.
+        self.feature_pos_embed = feature_pos_embed
         if cross_attention_frequency < 1:
             raise ValueError(f"cross_attention_frequency must be >= 1; got {cross_attention_frequency}")
         self.num_queries = num_queries
@@ -136,6 +142,8 @@ class QFormerProjector(nn.Module):
         """The Q-Former's query outputs [B, Q, H], before the language projection."""
         b = features.shape[0]
         features = features.to(self.query_tokens.dtype)
+        if self.feature_pos_embed:
+            features = features + sincos_2d(features.shape[1], features.shape[2]).to(features)
         x = self.query_tokens.expand(b, -1, -1)
         mask = None
         if instruction is not None:

@@ -48,6 +48,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
     stats = DataStats()
     speed = Throughput()
     t_start = time.perf_counter()
+    seen_total = 0  # real (non-pad) tokens through the model, all processes
     end = stage.max_steps if stop_after is None else min(stop_after, stage.max_steps)
     bar = tqdm(range(start, end), desc=name, disable=not accelerator.is_main_process, mininterval=5)
     result = None
@@ -59,6 +60,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
         lr = scheduler.get_last_lr()[0]
         result = train_step(wrapped, micro, optimizer, scheduler, accelerator, stage.max_grad_norm, params)
         speed.add(result.seen_tokens * accelerator.num_processes)
+        seen_total += result.seen_tokens * accelerator.num_processes
         done = step + 1
         if done % train.log_every == 0 or done == end:
             record = {"stage": name, "step": done, "loss": round(result.loss, 6), "lr": lr,
@@ -73,8 +75,10 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
     bar.close()
     if end == stage.max_steps:
         _save(accelerator, stage_dir / f"checkpoint-{end}", model, optimizer, scheduler, end)
+    seconds = time.perf_counter() - t_start
     summary = {"stage": name, "steps": end, "final_loss": None if result is None else result.loss,
-               "train_seconds": round(time.perf_counter() - t_start, 2), "data": stats.as_dict()}
+               "train_seconds": round(seconds, 2), "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1),
+               "data": stats.as_dict()}
     if stats.dropped:
         accelerator.print(f"[{name}] dropped {len(stats.dropped)} sample(s), e.g. {stats.dropped[0]}")
     return summary
