@@ -139,6 +139,10 @@ def _tiny_instructblip() -> dict:
 
     vocab = len(build_word_tokenizer(synthetic_words()))
     tiny = _tiny_llava()
+    # Frozen as in the paper; a frozen random LLM at the default init std 0.02 bounds its
+    # logits (the frozen lm_head) and the loss stalls, so the tiny one starts at std 0.1.
+    tiny["llm"]["arch"].update(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                               initializer_range=0.1)
     tiny["encoders"]["image"].update(select_layer=-1, drop_cls=True)  # 8x8 patch grid
     tiny["projectors"] = {"image": {
         "type": "qformer", "instruction_tokenizer": {"type": "synthetic"}, "max_instruction_length": 32,

@@ -12,6 +12,16 @@ from mmtune.data.tokenizer import build_word_tokenizer, synthetic_words
 torch.set_num_threads(1)  # the test machine is small and shared
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on, for `accelerate launch --main_process_port`: test workers
+    run in parallel, and two launches on the default port would join each other."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def synthetic_vocab_size() -> int:
     return len(build_word_tokenizer(synthetic_words()))
 

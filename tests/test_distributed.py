@@ -14,7 +14,7 @@ from mmtune.model import MultimodalLM
 from mmtune.recipes.common import load_recipe_config, training_data
 from mmtune.train.loop import BatchPlan
 
-from conftest import SMALL
+from conftest import SMALL, free_port
 
 
 def test_two_process_run(tmp_path):
@@ -29,6 +29,7 @@ def test_two_process_run(tmp_path):
     # --multi_gpu selects torchrun's launcher; without a GPU the recipe joins the processes
     # over gloo on CPU.
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(free_port()),
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmtune.cli", "train", "llava",
            "--config", "tiny", "--output-dir", str(run), "--data", str(data), *over]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

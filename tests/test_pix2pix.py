@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from PIL import Image
 
 from mmtune.cli import main as cli
@@ -188,6 +189,7 @@ def test_two_process_run(tmp_path, edits):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     run = tmp_path / "run"
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(free_port()),
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmtune.cli", "train", "instruct_pix2pix",
            "--config", "tiny", "--output-dir", str(run), "--data", str(edits), *SMALL, "eval.limit=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
