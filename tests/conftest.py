@@ -89,3 +89,13 @@ SMALL = [
     "model.encoders.image.arch.num_attention_heads=2", "model.encoders.image.arch.image_size=32",
     "train.mixed_precision=no",
 ]
+
+
+def assert_reads_the_medium(result: dict, types: tuple[str, ...], min_accuracy: float = 0.90) -> None:
+    """A learning test's verdict on eval.json: held-out accuracy >= `min_accuracy` with the
+    medium, within 10 points of chance with it blanked, every question type well above chance."""
+    assert result["n"] >= 300
+    assert result["accuracy"] >= min_accuracy, result["by_type"]
+    assert abs(result["blank_media_accuracy"] - result["chance"]) <= 0.10, result["by_type"]
+    for qtype in types:
+        assert result["by_type"][qtype]["accuracy"] > result["by_type"][qtype]["chance"] + 0.3, qtype

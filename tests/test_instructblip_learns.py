@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_reads_the_medium
 
 from mmtune.cli import main as cli
 
@@ -20,11 +21,7 @@ def test_tiny_instructblip_learns_shapes(tmp_path):
     cli(["data", "synth", "shapes", "--out", str(data), "--seed", "11"])
     cli(["train", "instructblip", "--config", "tiny", "--output-dir", str(run), "--data", str(data)])
     result = json.loads((run / "eval.json").read_text())
-    assert result["n"] >= 300
-    assert result["accuracy"] >= 0.90, result["by_type"]
-    assert abs(result["blank_media_accuracy"] - result["chance"]) <= 0.10, result["by_type"]
-    for qtype in ("colour", "shape", "position", "count"):
-        assert result["by_type"][qtype]["accuracy"] > result["by_type"][qtype]["chance"] + 0.3, qtype
+    assert_reads_the_medium(result, ("colour", "shape", "position", "count"))
     # Only the Q-Former (queries, layers, language projection) and the LLM's LoRA adapters trained.
     summary = json.loads((run / "train_summary.json").read_text())
     rows = {r["part"]: r for r in summary["stages"]["instruct"]["parameters"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_reads_the_medium
 
 from mmtune.cli import main as cli
 
@@ -19,11 +20,7 @@ def test_tiny_llava_learns_shapes(tmp_path):
     cli(["data", "synth", "shapes", "--out", str(data), "--seed", "11"])
     cli(["train", "llava", "--config", "tiny", "--output-dir", str(run), "--data", str(data)])
     result = json.loads((run / "eval.json").read_text())
-    assert result["n"] >= 300
-    assert result["accuracy"] >= 0.90, result["by_type"]
-    assert abs(result["blank_media_accuracy"] - result["chance"]) <= 0.10, result["by_type"]
-    for qtype in ("colour", "shape", "position", "count"):
-        assert result["by_type"][qtype]["accuracy"] > result["by_type"][qtype]["chance"] + 0.3, qtype
+    assert_reads_the_medium(result, ("colour", "shape", "position", "count"))
     # The harder binding split is scored and reported on its own.
     assert "binding" in result["by_split"] and result["by_split"]["binding"]["n"] > 0
 

@@ -75,31 +75,32 @@ def _has_preprocessor(path: str | None) -> bool:
     return bool(path) and (Path(path) / "preprocessor_config.json").exists()
 
 
-@ENCODERS.register("hf_clip")
-def build_hf_clip(cfg: EncoderConfig) -> HFVisionEncoder:
-    tower = _load_or_build(cfg, CLIPVisionModel, CLIPVisionConfig)
+def _build(cfg: EncoderConfig, model_cls, config_cls, processor_cls, defaults, has_cls: bool,
+           output_norm: bool = False) -> HFVisionEncoder:
+    """The tower from `cfg.path` (or random from `cfg.arch`) and its image processor: the saved
+    one when the checkpoint has it, else `defaults(size)` -> processor kwargs."""
+    tower = _load_or_build(cfg, model_cls, config_cls)
     size = tower.config.image_size
     if _has_preprocessor(cfg.path):
-        processor = CLIPImageProcessor.from_pretrained(cfg.path)
+        processor = processor_cls.from_pretrained(cfg.path)
     else:
-        processor = CLIPImageProcessor(size={"shortest_edge": size},
-                                       crop_size={"height": size, "width": size},
-                                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+        processor = processor_cls(**defaults(size))
     spec = _spec_from_processor(processor, size, cfg.image_pad)
-    return HFVisionEncoder(tower, spec, processor, cfg.select_layer, cfg.drop_cls, has_cls=True)
+    return HFVisionEncoder(tower, spec, processor, cfg.select_layer, cfg.drop_cls, has_cls=has_cls,
+                           output_norm=output_norm)
+
+
+@ENCODERS.register("hf_clip")
+def build_hf_clip(cfg: EncoderConfig) -> HFVisionEncoder:
+    return _build(cfg, CLIPVisionModel, CLIPVisionConfig, CLIPImageProcessor, lambda size: dict(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)), has_cls=True)
 
 
 @ENCODERS.register("hf_siglip")
 def build_hf_siglip(cfg: EncoderConfig) -> HFVisionEncoder:
-    tower = _load_or_build(cfg, SiglipVisionModel, SiglipVisionConfig)
-    size = tower.config.image_size
-    if _has_preprocessor(cfg.path):
-        processor = SiglipImageProcessor.from_pretrained(cfg.path)
-    else:
-        processor = SiglipImageProcessor(size={"height": size, "width": size},
-                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    spec = _spec_from_processor(processor, size, cfg.image_pad)
-    return HFVisionEncoder(tower, spec, processor, cfg.select_layer, cfg.drop_cls, has_cls=False)
+    return _build(cfg, SiglipVisionModel, SiglipVisionConfig, SiglipImageProcessor, lambda size: dict(
+        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3), has_cls=False)
 
 
 @ENCODERS.register("hf_blip_vision")
@@ -108,13 +109,6 @@ def build_hf_blip_vision(cfg: EncoderConfig) -> HFVisionEncoder:
     vision model has the same weights layout). `select_layer: -1` gives the tower's output
     after its final LayerNorm, which is what the Q-Former reads in BLIP-2; other layers give
     raw hidden states. Images are resized to a square (no padding), as BLIP does."""
-    tower = _load_or_build(cfg, Blip2VisionModel, Blip2VisionConfig)
-    size = tower.config.image_size
-    if _has_preprocessor(cfg.path):
-        processor = BlipImageProcessor.from_pretrained(cfg.path)
-    else:
-        processor = BlipImageProcessor(size={"height": size, "width": size},
-                                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    spec = _spec_from_processor(processor, size, cfg.image_pad)
-    return HFVisionEncoder(tower, spec, processor, cfg.select_layer, cfg.drop_cls, has_cls=True,
-                           output_norm=cfg.select_layer == -1)
+    return _build(cfg, Blip2VisionModel, Blip2VisionConfig, BlipImageProcessor, lambda size: dict(
+        size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)),
+        has_cls=True, output_norm=cfg.select_layer == -1)
