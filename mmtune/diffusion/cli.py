@@ -75,7 +75,12 @@ def eval_edit_run(run: str | Path, data: str | None = None) -> dict:
 
 
 def edit_zoo_rows() -> list[dict]:
-    """Image-editing presets (the recipe's packaged configs) with meta-device parameter counts."""
+    """Image-editing presets (the recipe's packaged configs) with meta-device parameter counts;
+    none without diffusers (an optional dependency: `pip install -e ".[diffusion]"`)."""
+    import importlib.util
+
+    if importlib.util.find_spec("diffusers") is None:
+        return []
     from .components import count_parameters
     from .config import load_edit_config
 
@@ -83,6 +88,9 @@ def edit_zoo_rows() -> list[dict]:
 
 
 def print_edit_zoo(rows: list[dict]) -> None:
+    if not rows:
+        print("\n(image-editing presets need diffusers: pip install -e \".[diffusion]\")")
+        return
     print(f"\n{'image editing':<24}{'total':>16}{'unet':>16}{'vae':>14}{'text encoder':>14}")
     for r in rows:
         print(f"{r['name']:<24}{r['total']:>16,}{r['unet']:>16,}{r['vae']:>14,}{r['text_encoder']:>14,}")
