@@ -15,9 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmtune.data.formats import from_llava, read_json_or_jsonl, rebase_media, write_jsonl
-
-SHOW_MISSING = 10  # how many missing paths to list before only counting
+from mmtune.data.convert import convert_records
+from mmtune.data.formats import from_llava, read_json_or_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,30 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 0:
         ap.error("--limit must be >= 0")
 
-    counts = {"read": 0, "missing": 0}
-
-    def records():
-        for where, item in read_json_or_jsonl(args.json):
-            if args.limit is not None and counts["read"] >= args.limit:
-                return
-            counts["read"] += 1
-            record = from_llava(item, where)
-            if args.check_images:
-                gone = [p for p in record.get("images", []) if not (args.image_root / p).is_file()]
-                if gone:
-                    counts["missing"] += 1
-                    if counts["missing"] <= SHOW_MISSING:
-                        print(f"missing image: {args.image_root / gone[0]} ({where})", file=sys.stderr)
-                    continue
-            yield rebase_media(record, args.image_root, args.out.parent, args.absolute)
-
     try:
-        written = write_jsonl(records(), args.out)
+        counts = convert_records(read_json_or_jsonl(args.json), lambda item, where, _: from_llava(item, where),
+                                 "images", args.image_root, args.out, args.check_images, args.limit,
+                                 args.absolute)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"read {counts['read']} items from {args.json}")
-    print(f"wrote {written} records to {args.out}")
+    print(f"wrote {counts['written']} records to {args.out}")
     if args.check_images:
         print(f"missing images: {counts['missing']} (items left out)")
     else:

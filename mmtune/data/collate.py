@@ -78,14 +78,14 @@ class ExampleEncoder:
     media_transform: dict[str, MediaTransform] = field(default_factory=dict)
     # modality -> the projector's own tokenizer, for instruction-aware projectors only
     instruction_tokenizers: dict[str, object] = field(default_factory=dict)
-    max_instruction_length: int = 128
+    max_instruction_length: dict[str, int] = field(default_factory=dict)  # modality -> tokens
 
     def instructions(self, messages: list[dict]) -> dict[str, list[list[int]]]:
         out = {}
         for modality, tok in self.instruction_tokenizers.items():
             texts = medium_instructions(messages, modality)
             if texts:
-                out[modality] = tok(texts, truncation=True, max_length=self.max_instruction_length)["input_ids"]
+                out[modality] = tok(texts, truncation=True, max_length=self.max_instruction_length[modality])["input_ids"]
         return out
 
     def load_media(self, record: Record) -> dict[str, torch.Tensor]:

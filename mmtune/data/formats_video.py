@@ -18,14 +18,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .formats import _LLAVA_ROLES, _field, _make, _record_id, _turns, read_json_or_jsonl, rebase_media, write_jsonl
+from .convert import convert_records
+from .formats import _LLAVA_ROLES, _field, _make, _record_id, _turns, read_json_or_jsonl
 
 VIDEO = "<video>"
 WEBVID_COLUMNS = ("videoid", "page_dir", "name")  # the columns the conversion needs
 # Short caption instructions, one picked per row by position (deterministic, varied).
 CAPTION_PROMPTS: tuple[str, ...] = ("Describe this video briefly.", "What happens in the video?",
                                     "Write a short caption for the video.", "Summarize the clip in a few words.")
-SHOW_MISSING = 10  # how many missing videos to list before only counting
 
 
 def read_webvid_csv(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -83,30 +83,6 @@ def from_llava_video(item: dict, where: str) -> dict:
     return _make(_record_id(item, where), messages, where, {"videos": [video]})
 
 
-def convert_videos(items: Iterator[tuple[str, dict]], reader: Callable[[dict, str, int], dict],
-                   video_root: Path, out: Path, check: bool, limit: int | None, absolute: bool) -> dict:
-    """Convert, optionally leaving out items whose video is missing, and write `out`.
-    Returns {"read", "missing", "written"}; missing videos are listed on stderr."""
-    counts = {"read": 0, "missing": 0}
-
-    def records():
-        for index, (where, item) in enumerate(items):
-            if limit is not None and index >= limit:
-                return
-            counts["read"] += 1
-            record = reader(item, where, index)
-            gone = [p for p in record["videos"] if check and not (video_root / p).is_file()]
-            if gone:
-                counts["missing"] += 1
-                if counts["missing"] <= SHOW_MISSING:
-                    print(f"missing video: {video_root / gone[0]} ({where})", file=sys.stderr)
-                continue
-            yield rebase_media(record, video_root, out.parent, absolute)
-
-    counts["written"] = write_jsonl(records(), out)
-    return counts
-
-
 def video_convert_cli(argv: list[str] | None, doc: str, input_help: str,
                       readers: dict[str, tuple[Callable, Callable]]) -> int:
     """The command line of datasets/{webvid,videochat}/convert.py; returns the exit code.
@@ -132,8 +108,8 @@ def video_convert_cli(argv: list[str] | None, doc: str, input_help: str,
         ap.error("--limit must be >= 0")
     read_items, reader = readers[getattr(args, "format", next(iter(readers)))]
     try:
-        counts = convert_videos(read_items(args.input), reader, args.video_root, args.out,
-                                args.check_videos, args.limit, args.absolute)
+        counts = convert_records(read_items(args.input), reader, "videos", args.video_root, args.out,
+                                 args.check_videos, args.limit, args.absolute)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

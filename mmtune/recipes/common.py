@@ -76,8 +76,8 @@ def example_encoder(model: MultimodalLM, cfg: RecipeConfig, template_name: str |
         blank_media=(lambda m: encoders[m].blank()) if blank else None,
         load={m: e.load for m, e in encoders.items()}, media_transform=media_transform or {},
         instruction_tokenizers=model.instruction_tokenizers,
-        max_instruction_length=min((model.config.projectors[m].max_instruction_length
-                                    for m in model.instruction_tokenizers), default=128))
+        max_instruction_length={m: model.config.projectors[m].max_instruction_length
+                                for m in model.instruction_tokenizers})
 
 
 TASKS = ("conversation", "caption", "single_turn")
