@@ -20,8 +20,8 @@ import torch
 
 from mmtune.config import ModelConfig, from_dict
 from mmtune.data.collate import ExampleEncoder, collate, pack
-from mmtune.data.records import Record
-from mmtune.data.synth_text import WORDS
+from mmtune.data.formats.records import Record
+from mmtune.synth.text import WORDS
 from mmtune.model import MultimodalLM
 from mmtune.train.loop import loss_sum
 from mmtune.zoo import resolve_model

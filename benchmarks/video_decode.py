@@ -6,7 +6,7 @@ Two kinds of clip, both H.264 mp4 written with PyAV:
   moving smooth content (so the encoder spends bits as on real footage).
 
 Each backend samples `--num-frames` frames uniformly from every clip through
-`mmtune.data.video.load_video` (single-threaded decoding in both, as in a DataLoader worker),
+`mmtune.data.media.video.load_video` (single-threaded decoding in both, as in a DataLoader worker),
 after one warm-up pass; the best of `--repeats` interleaved passes counts. Both backends return
 identical frames (checked here too). Writes JSON: clips/s and sampled frames/s per backend, and
 decord's speed relative to PyAV.
@@ -28,8 +28,8 @@ import decord
 import numpy as np
 import torch
 
-from mmtune.data.synth_motion import random_motion, write_clip
-from mmtune.data.video import BACKENDS, load_video, write_video
+from mmtune.synth.motion import random_motion, write_clip
+from mmtune.data.media.video import BACKENDS, load_video, write_video
 
 
 def motion_clips(root: Path, n: int) -> list[Path]:

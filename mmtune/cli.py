@@ -78,7 +78,7 @@ def _print_eval(result: dict) -> None:
 
 def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> str:
     from .data.collate import collate
-    from .data.records import parse_record
+    from .data.formats.records import parse_record
     from .recipes.common import example_encoder
 
     record = parse_record({"id": "chat", "messages": [{"role": "user", "content": f"<image>\n{question}"}],
@@ -113,13 +113,10 @@ def _zoo(args) -> None:
 
 
 def _synth(args) -> None:
-    from .data import synth_av, synth_motion, synth_shapes, synth_text, synth_tones
+    from .synth import av, edits, motion, shapes, text, tones
 
-    tasks = {"shapes": synth_shapes.generate, "text": synth_text.generate, "motion": synth_motion.generate,
-             "tones": synth_tones.generate, "av": synth_av.generate}
-    from .data import synth_edits
-
-    tasks["edits"] = synth_edits.generate
+    tasks = {"shapes": shapes.generate, "text": text.generate, "motion": motion.generate,
+             "tones": tones.generate, "av": av.generate, "edits": edits.generate}
     kwargs = {"skills": tuple(args.skills.split(","))} if args.skills else {}
     if kwargs and args.task != "text":
         raise SystemExit("--skills applies to `data synth text` only")
@@ -129,7 +126,7 @@ def _synth(args) -> None:
 
 
 def _demo(args) -> None:
-    from .data.synth_shapes import generate
+    from .synth.shapes import generate
     from .recipes.common import load_recipe_config
     from .recipes.llava import main as llava
 

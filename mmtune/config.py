@@ -248,7 +248,7 @@ class TokenizerConfig:
     # "synthetic": mmtune's word-level tokenizer over its synthetic tasks' vocabulary.
     type: str = "auto"
     path: str | None = None
-    chat_template: str | None = None  # a name in mmtune.data.chat.TEMPLATES; None = tokenizer's own
+    chat_template: str | None = None  # a name in mmtune.data.text.chat.TEMPLATES; None = tokenizer's own
 
 
 @dataclass
@@ -276,7 +276,7 @@ class StageConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
     task: str = "conversation"  # | "caption" (LLaVA alignment) | "single_turn" (one example per exchange)
-    chat_template: str | None = None  # a name in mmtune.data.chat.TEMPLATES; None = tokenizer's
+    chat_template: str | None = None  # a name in mmtune.data.text.chat.TEMPLATES; None = tokenizer's
 
 
 @dataclass

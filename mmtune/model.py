@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,45 +20,11 @@ from torch import nn
 
 from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
 from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
+from .batch import MEDIA_TOKENS, Batch, Instruction
 from .config import ModelConfig, ProjectorConfig, TokenizerConfig, from_dict, to_dict
-from .data.tokenizer import MEDIA_TOKENS, load_tokenizer
+from .data.text.tokenizer import load_tokenizer
 from .llm import add_lora, load_llm
-from .projectors.qformer import QFormerInstruction
 from .registry import ENCODERS, PROJECTORS
-
-IGNORE = -100
-
-
-@dataclass
-class Batch:
-    """What the collator hands the model. Typed, so nothing travels as a loose dict key."""
-
-    input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T]
-    labels: torch.Tensor  # [B, T], IGNORE where no loss
-    media: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [n, ...]
-    media_per_row: dict[str, list[int]] = field(default_factory=dict)  # modality -> count per row
-    ids: list[str] = field(default_factory=list)  # record ids, for error messages
-    position_ids: torch.Tensor | None = None  # [B, T], set when packing
-    dropped: list[str] = field(default_factory=list)  # "id: reason" of samples left out
-    truncated: int = 0  # rows whose trailing text was cut to fit max_length
-    # modality -> each medium's instruction in the projector's tokenizer (InstructBLIP)
-    instructions: dict[str, QFormerInstruction] = field(default_factory=dict)
-
-    def to(self, device, non_blocking: bool = False) -> "Batch":
-        def move(t):
-            return None if t is None else t.to(device, non_blocking=non_blocking)
-
-        return dataclasses.replace(self, input_ids=move(self.input_ids),
-                                   attention_mask=move(self.attention_mask), labels=move(self.labels),
-                                   media={k: move(v) for k, v in self.media.items()},
-                                   position_ids=move(self.position_ids),
-                                   instructions={k: QFormerInstruction(move(v.input_ids), move(v.attention_mask))
-                                                 for k, v in self.instructions.items()})
-
-    def num_loss_tokens(self) -> int:
-        return int((self.labels[:, 1:] != IGNORE).sum())
-
 
 class PlaceholderMismatchError(ValueError):
     pass
@@ -146,7 +111,7 @@ class MultimodalLM(nn.Module):
                         f"{n_media} {modality}(s) x {k} tokens = {n_media * k} feature vectors")
 
     def encode_media(self, modality: str, media: torch.Tensor,
-                     instruction: QFormerInstruction | None = None) -> torch.Tensor:
+                     instruction: Instruction | None = None) -> torch.Tensor:
         encoder = self.encoders[modality]
         frozen = not any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):

@@ -46,7 +46,7 @@ PRESETS.register("llava-1.5-13b", lambda: _llava15(vicuna(5120, 13824, 40, 40)))
 
 def _tiny_llava() -> dict:
     """The CPU model that learns the synthetic shapes task in minutes (see CALIBRATION)."""
-    from .data.tokenizer import build_word_tokenizer, synthetic_words
+    from .data.text.tokenizer import build_word_tokenizer, synthetic_words
 
     vocab = len(build_word_tokenizer(synthetic_words()))
     return {
@@ -73,7 +73,7 @@ PRESETS.register("tiny-llava", _tiny_llava)
 
 def _tiny_lm() -> dict:
     """A text-only tiny Llama for SFT / QLoRA on the synthetic text skills."""
-    from .data.tokenizer import build_word_tokenizer, synthetic_words
+    from .data.text.tokenizer import build_word_tokenizer, synthetic_words
 
     vocab = len(build_word_tokenizer(synthetic_words()))
     return {"llm": {"arch": {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
@@ -135,7 +135,7 @@ PRESETS.register("blip2-opt-6.7b", lambda: _blip(opt(4096, 16384, 32, 32), False
 def _tiny_instructblip() -> dict:
     """Tiny InstructBLIP for CPU: tiny-llava's frozen tower and LLM, an instruction-aware
     Q-Former (16 queries, 2 layers) that reads the question with the synthetic tokenizer."""
-    from .data.tokenizer import build_word_tokenizer, synthetic_words
+    from .data.text.tokenizer import build_word_tokenizer, synthetic_words
 
     vocab = len(build_word_tokenizer(synthetic_words()))
     tiny = _tiny_llava()
@@ -189,7 +189,7 @@ def _tiny_video_llama(modalities: tuple[str, ...]) -> dict:
     3-layer conv (16 tokens per frame), trainable frame positions in the projector, a 2-layer
     video Q-Former (hidden 64, 8 queries); 1 s of audio through a 2-layer random Whisper
     encoder (50 tokens), an audio Q-Former (8 queries); a 2-layer Llama (hidden 128)."""
-    from .data.tokenizer import build_word_tokenizer, synthetic_words
+    from .data.text.tokenizer import build_word_tokenizer, synthetic_words
 
     vocab = len(build_word_tokenizer(synthetic_words()))
     qformer = {"num_queries": 8, "hidden_size": 64, "num_layers": 2, "num_heads": 4,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmtune.config import ModelConfig, from_dict, merge
-from mmtune.data.tokenizer import build_word_tokenizer, synthetic_words
+from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words
 
 torch.set_num_threads(1)  # the test machine is small and shared
 

@@ -1,4 +1,4 @@
-"""Audio decoding and log-mel features (mmtune.data.audio)."""
+"""Audio decoding and log-mel features (mmtune.data.media.audio)."""
 from __future__ import annotations
 
 import av
@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from mmtune.data.audio import AudioSpec, load_audio, log_mel, mel_extractor, resample, write_wav
-from mmtune.data.media import MediaError
+from mmtune.data.media.audio import AudioSpec, load_audio, log_mel, mel_extractor, resample, write_wav
+from mmtune.data.media.image import MediaError
 
 SR = 16000
 

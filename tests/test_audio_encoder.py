@@ -8,8 +8,8 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForCondi
 
 import mmtune.encoders  # noqa: F401  (fills ENCODERS)
 from mmtune.config import EncoderConfig
-from mmtune.data.audio import write_wav
-from mmtune.data.media import MediaError
+from mmtune.data.media.audio import write_wav
+from mmtune.data.media.image import MediaError
 from mmtune.encoders.whisper_audio import WhisperAudioEncoder
 from mmtune.registry import ENCODERS
 

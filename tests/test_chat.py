@@ -13,7 +13,7 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mmtune.data.chat import (
+from mmtune.data.text.chat import (
     LLAVA_SYSTEM,
     TEMPLATES,
     TemplateError,
@@ -23,9 +23,9 @@ from mmtune.data.chat import (
     tokenize_with_labels,
 )
 from mmtune.data.collate import Dropped, Example, ExampleEncoder, SampleError
-from mmtune.data.records import Record
-from mmtune.data.tokenizer import build_word_tokenizer, synthetic_words
-from mmtune.model import IGNORE
+from mmtune.data.formats.records import Record
+from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words
+from mmtune.batch import IGNORE
 
 CHATML = ["<|im_start|>", "<|im_end|>"]
 # The text each template puts after an assistant answer; it carries loss with the answer.

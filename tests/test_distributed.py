@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mmtune.data.collate import collate
-from mmtune.data.synth_shapes import generate
+from mmtune.synth.shapes import generate
 from mmtune.model import MultimodalLM
 from mmtune.recipes.common import load_recipe_config, training_data
 from mmtune.train.loop import BatchPlan

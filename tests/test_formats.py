@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from mmtune.data.formats import (
+from mmtune.data.formats.readers import (
     FORMATS,
     convert,
     from_alpaca,

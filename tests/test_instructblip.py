@@ -10,9 +10,9 @@ import torch
 from conftest import SMALL, tiny_model_dict
 
 from mmtune.data.collate import collate
-from mmtune.data.instructions import medium_instructions, split_turns
-from mmtune.data.records import parse_record
-from mmtune.data.synth_shapes import generate
+from mmtune.data.text.instructions import medium_instructions, split_turns
+from mmtune.data.formats.records import parse_record
+from mmtune.synth.shapes import generate
 from mmtune.model import MultimodalLM
 from mmtune.recipes.common import example_encoder, load_recipe_config
 from mmtune.registry import RECIPES

@@ -11,8 +11,9 @@ from torch import nn
 
 from mmtune.config import ModelConfig, from_dict
 from mmtune.data.collate import Example, collate
-from mmtune.data.tokenizer import build_word_tokenizer, synthetic_words
-from mmtune.model import IGNORE, Batch, MultimodalLM, PlaceholderMismatchError
+from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words
+from mmtune.batch import IGNORE, Batch
+from mmtune.model import MultimodalLM, PlaceholderMismatchError
 from mmtune.train.params import parameter_rows, set_trainable
 
 from conftest import tiny_clip_arch, tiny_llm_arch, tiny_model_dict, tiny_siglip_arch

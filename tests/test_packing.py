@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mmtune.data.collate import collate, pack
-from mmtune.data.synth_shapes import generate as generate_shapes
-from mmtune.data.synth_text import generate as generate_text
+from mmtune.synth.shapes import generate as generate_shapes
+from mmtune.synth.text import generate as generate_text
 from mmtune.model import MultimodalLM
 from mmtune.recipes.common import load_recipe_config, seed_everything, training_data
 from mmtune.train.loop import loss_sum

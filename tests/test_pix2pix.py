@@ -11,8 +11,8 @@ from PIL import Image
 
 from mmtune.cli import main as cli
 from mmtune.config import ConfigError
-from mmtune.data.records import RecordError
-from mmtune.data.synth_edits import generate
+from mmtune.data.formats.records import RecordError
+from mmtune.synth.edits import generate
 from mmtune.diffusion.components import EditComponents, build_components, count_parameters, load_pipeline
 from mmtune.diffusion.config import load_edit_config
 from mmtune.diffusion.data import read_triplets

@@ -6,7 +6,8 @@ import torch
 from transformers import (Blip2QFormerConfig, Blip2QFormerModel, InstructBlipQFormerConfig,
                           InstructBlipQFormerModel)
 
-from mmtune.projectors.qformer import QFormerInstruction, QFormerProjector, load_hf_qformer
+from mmtune.batch import Instruction
+from mmtune.projectors.qformer import QFormerProjector, load_hf_qformer
 from mmtune.registry import PROJECTORS
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -73,9 +74,9 @@ def test_matches_instructblip_qformer_with_instruction(freq):
         expected = hf(input_ids=ids, attention_mask=torch.cat([torch.ones(2, Q, dtype=mask.dtype), mask], 1),
                       query_embeds=query_tokens.expand(2, -1, -1),
                       encoder_hidden_states=features).last_hidden_state[:, :Q]
-        got = mine.qformer(features, QFormerInstruction(ids, mask))
+        got = mine.qformer(features, Instruction(ids, mask))
         got_tuple = mine.qformer(features, (ids, mask))
-        out = mine(features, QFormerInstruction(ids, mask))
+        out = mine(features, Instruction(ids, mask))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_tuple, got)
     torch.testing.assert_close(out, proj(expected), atol=1e-5, rtol=1e-5)
@@ -91,10 +92,10 @@ def test_instruction_changes_the_queries_and_padding_does_not():
     b = torch.tensor([[8, 9, 10]])
     with torch.no_grad():
         plain = mine(features)
-        with_a = mine(features, QFormerInstruction(a, torch.ones_like(a)))
-        with_b = mine(features, QFormerInstruction(b, torch.ones_like(b)))
+        with_a = mine(features, Instruction(a, torch.ones_like(a)))
+        with_b = mine(features, Instruction(b, torch.ones_like(b)))
         # the same instruction with two padding tokens appended, masked out
-        padded = mine(features, QFormerInstruction(torch.tensor([[5, 6, 7, 0, 0]]),
+        padded = mine(features, Instruction(torch.tensor([[5, 6, 7, 0, 0]]),
                                                    torch.tensor([[1, 1, 1, 0, 0]])))
     assert not torch.allclose(with_a, with_b, atol=1e-3)
     assert not torch.allclose(with_a, plain, atol=1e-3)

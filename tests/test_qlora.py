@@ -12,9 +12,10 @@ import bitsandbytes as bnb  # noqa: E402  (a test dependency: QLoRA runs on CPU)
 
 from mmtune.config import LLMConfig, ModelConfig, from_dict  # noqa: E402
 from mmtune.data.collate import Example, collate  # noqa: E402
-from mmtune.data.tokenizer import build_word_tokenizer, synthetic_words  # noqa: E402
+from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words  # noqa: E402
 from mmtune.llm import is_4bit, kbit_optimizer, load_llm, weight_bytes  # noqa: E402
-from mmtune.model import IGNORE, MultimodalLM  # noqa: E402
+from mmtune.batch import IGNORE
+from mmtune.model import MultimodalLM  # noqa: E402
 from mmtune.train.params import set_trainable  # noqa: E402
 
 from conftest import tiny_llm_arch, tiny_model_dict  # noqa: E402

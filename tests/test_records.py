@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtune.data.chat import TEMPLATES
+from mmtune.data.text.chat import TEMPLATES
 from mmtune.data.collate import Dropped, Example, ExampleEncoder, SampleError, collate
-from mmtune.data.formats import from_mmtune
-from mmtune.data.media import MediaError
-from mmtune.data.records import Record, RecordError, parse_record, read_records
-from mmtune.data.tokenizer import build_word_tokenizer, synthetic_words
-from mmtune.model import IGNORE
+from mmtune.data.formats.readers import from_mmtune
+from mmtune.data.media.image import MediaError
+from mmtune.data.formats.records import Record, RecordError, parse_record, read_records
+from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words
+from mmtune.batch import IGNORE
 
 K = 4  # placeholder ids per image
 

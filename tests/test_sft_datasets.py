@@ -1,4 +1,4 @@
-"""Text SFT datasets (Alpaca, Dolly, OpenAssistant oasst1): the readers in mmtune.data.formats
+"""Text SFT datasets (Alpaca, Dolly, OpenAssistant oasst1): the readers in mmtune.data.formats.readers
 and the datasets/*/convert.py scripts, on fixtures laid out like the published files."""
 import gzip
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmtune.data.formats import (
+from mmtune.data.formats.readers import (
     FORMATS,
     convert,
     from_dolly,
@@ -20,7 +20,7 @@ from mmtune.data.formats import (
     placeholders_in,
     read_json_or_jsonl,
 )
-from mmtune.data.records import read_records
+from mmtune.data.formats.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

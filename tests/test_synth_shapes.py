@@ -1,4 +1,4 @@
-"""Tests for the synthetic shapes image-QA generator (mmtune.data.synth_shapes).
+"""Tests for the synthetic shapes image-QA generator (mmtune.synth.shapes).
 
 The key check is a pixel-only solver: every answer in the generated data must be
 recoverable from the image pixels alone (not from the stored metadata).
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmtune.data import synth_shapes as ss
+from mmtune.synth import shapes as ss
 
 N_TRAIN, N_TEST, SIZE = 60, 60, 64
 

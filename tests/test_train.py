@@ -10,7 +10,7 @@ import torch
 
 from mmtune.config import StageConfig
 from mmtune.data.collate import collate
-from mmtune.data.synth_shapes import generate
+from mmtune.synth.shapes import generate
 from mmtune.model import MultimodalLM
 from mmtune.recipes.common import load_recipe_config, make_accelerator, seed_everything, training_data
 from mmtune.recipes.llava import main as llava_main

@@ -9,9 +9,9 @@ import shutil
 import pytest
 from test_datasets import FIXTURES, read, run
 
-from mmtune.data.formats_video import from_llava_video, from_videochat, from_webvid
-from mmtune.data.records import read_records
-from mmtune.data.video import load_video
+from mmtune.data.formats.video import from_llava_video, from_videochat, from_webvid
+from mmtune.data.formats.records import read_records
+from mmtune.data.media.video import load_video
 
 WEBVID = FIXTURES / "webvid"
 VIDEOCHAT = FIXTURES / "videochat"

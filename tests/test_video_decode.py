@@ -1,13 +1,13 @@
-"""Video decoding (mmtune.data.video): frame sampling, PyAV == decord, and broken files."""
+"""Video decoding (mmtune.data.media.video): frame sampling, PyAV == decord, and broken files."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from mmtune.data.audio import write_wav
-from mmtune.data.media import MediaError
-from mmtune.data.video import frame_indices, load_video, write_video
+from mmtune.data.media.audio import write_wav
+from mmtune.data.media.image import MediaError
+from mmtune.data.media.video import frame_indices, load_video, write_video
 
 T, SIZE = 12, 32
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 import mmtune.encoders  # noqa: F401  (fills ENCODERS)
 from mmtune.config import ConfigError, EncoderConfig
-from mmtune.data.media import MediaError
-from mmtune.data.video import write_video
+from mmtune.data.media.image import MediaError
+from mmtune.data.media.video import write_video
 from mmtune.registry import ENCODERS
 
 T = 4

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mmtune.cli import main as cli
-from mmtune.data import synth_av, synth_motion
+from mmtune.synth import av as synth_av, motion as synth_motion
 from mmtune.data.collate import collate
-from mmtune.data.records import read_records
+from mmtune.data.formats.records import read_records
 from mmtune.model import MultimodalLM
 from mmtune.recipes.common import example_encoder, load_recipe_config
 from mmtune.registry import RECIPES

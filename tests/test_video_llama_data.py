@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmtune.data import synth_av
+from mmtune.synth import av as synth_av
 from mmtune.data.collate import DataStats
-from mmtune.data.media import MediaError
+from mmtune.data.media.image import MediaError
 from mmtune.model import MultimodalLM
 from mmtune.recipes.common import load_recipe_config, training_data
 from mmtune.registry import RECIPES

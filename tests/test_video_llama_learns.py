@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from mmtune.data import synth_motion, synth_tones
+from mmtune.synth import motion as synth_motion, tones as synth_tones
 from mmtune.recipes.common import load_recipe_config
 from mmtune.registry import RECIPES
 

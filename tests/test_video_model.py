@@ -6,7 +6,8 @@ import torch
 from conftest import tiny_llm_arch
 
 from mmtune.config import ModelConfig, from_dict
-from mmtune.model import Batch, MultimodalLM
+from mmtune.batch import Batch
+from mmtune.model import MultimodalLM
 
 QF = {"hidden_size": 32, "num_heads": 2, "intermediate_size": 64}
 CONFIG = {

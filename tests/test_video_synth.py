@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from mmtune.cli import main as cli
-from mmtune.data import synth_av, synth_motion, synth_tones
-from mmtune.data.audio import load_audio
-from mmtune.data.records import read_records
-from mmtune.data.shapes_draw import BACKGROUND, COUNT_WORDS
-from mmtune.data.video import load_video
+from mmtune.synth import av as synth_av, motion as synth_motion, tones as synth_tones
+from mmtune.data.media.audio import load_audio
+from mmtune.data.formats.records import read_records
+from mmtune.synth.shapes_draw import BACKGROUND, COUNT_WORDS
+from mmtune.data.media.video import load_video
 
 N_TRAIN, N_TEST = 24, 16
 

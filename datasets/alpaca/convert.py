@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats import convert_cli
+from mmtune.data.formats.readers import convert_cli
 
 INPUT_HELP = "alpaca_data.json (a JSON list; .jsonl and .gz are read too)"
 

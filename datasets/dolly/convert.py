@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats import convert_cli
+from mmtune.data.formats.readers import convert_cli
 
 INPUT_HELP = "databricks-dolly-15k.jsonl (.json lists and .gz are read too)"
 

@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mmtune.data.formats import from_llava, read_json_or_jsonl, rebase_media, write_jsonl
+from mmtune.data.formats.readers import from_llava, read_json_or_jsonl, rebase_media, write_jsonl
 
 SHOW_MISSING = 10  # how many missing paths to list before only counting
 

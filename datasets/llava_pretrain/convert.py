@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmtune.data.convert import convert_records
-from mmtune.data.formats import from_llava, read_json_or_jsonl
+from mmtune.data.formats.convert import convert_records
+from mmtune.data.formats.readers import from_llava, read_json_or_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ Reads either published shape: the flat message table (*.messages.jsonl[.gz]) or 
 trees (*.trees.jsonl[.gz]). The whole file is loaded to rebuild the trees (the ready export is
 ~88K messages, a few hundred MB of RAM). Deleted messages, messages that failed review, other
 languages and messages with a media placeholder in their text are left out with everything
-below them; see mmtune.data.formats_oasst.oasst_threads for how threads are chosen.
+below them; see mmtune.data.formats.oasst.oasst_threads for how threads are chosen.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mmtune.data.formats import parse_convert_args, read_json_or_jsonl, write_jsonl
-from mmtune.data.formats_oasst import oasst_threads
+from mmtune.data.formats.readers import parse_convert_args, read_json_or_jsonl, write_jsonl
+from mmtune.data.formats.oasst import oasst_threads
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats_video import VIDEO_INSTRUCT, video_convert_cli
+from mmtune.data.formats.video import VIDEO_INSTRUCT, video_convert_cli
 
 if __name__ == "__main__":
     sys.exit(video_convert_cli(None, __doc__, "videochat_instruct_11k.json, or a LLaVA-style video JSON / JSONL",

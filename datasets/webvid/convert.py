@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats_video import WEBVID, video_convert_cli
+from mmtune.data.formats.video import WEBVID, video_convert_cli
 
 if __name__ == "__main__":
     sys.exit(video_convert_cli(None, __doc__, "results_*_train.csv (videoid, contentUrl, duration, page_dir, name)",

@@ -11,12 +11,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..model import IGNORE, Batch
-from ..projectors.qformer import QFormerInstruction
-from .chat import Rendered, render, render_prompt, tokenize_with_labels
-from .instructions import medium_instructions
-from .media import MediaError, load_image
-from .records import PLACEHOLDER_RE, Record, RecordError
+from ..batch import IGNORE, Batch, Instruction
+from .text.chat import Rendered, render, render_prompt, tokenize_with_labels
+from .text.instructions import medium_instructions
+from .media.image import MediaError, load_image
+from .formats.records import PLACEHOLDER_RE, Record, RecordError
 
 # A decoded medium before preprocessing: a PIL image, uint8 video frames [T, H, W, 3], or a
 # float32 waveform [S]; each encoder's `load` / `blank` / `preprocess` agree on its form.
@@ -219,7 +218,7 @@ def _batch(rows: list[list[Example]], examples: list, pad_id: int, left_pad: boo
                  instructions=_instructions(flat))
 
 
-def _instructions(flat: list[Example]) -> dict[str, QFormerInstruction]:
+def _instructions(flat: list[Example]) -> dict[str, Instruction]:
     """Each modality's instructions, in media order, right-padded into one [n, L] block
     (pad id 0, masked out: the projector's tokenizer is not the LLM's)."""
     out = {}
@@ -231,7 +230,7 @@ def _instructions(flat: list[Example]) -> dict[str, QFormerInstruction]:
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, :len(s)] = 1
-        out[m] = QFormerInstruction(ids, mask)
+        out[m] = Instruction(ids, mask)
     return out
 
 

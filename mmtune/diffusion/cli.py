@@ -25,7 +25,7 @@ def _edit(args) -> None:
     import torch
     from PIL import Image
 
-    from ..data.media import load_image
+    from ..data.media.image import load_image
     from .components import load_pipeline
     from .config import EditEvalConfig, edit_config_from_run
 

@@ -16,8 +16,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffus
                        UNet2DConditionModel)
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
-from ..data.synth_edits import edit_words
-from ..data.tokenizer import build_word_tokenizer
+from ..synth.edits import edit_words
+from ..data.text.tokenizer import build_word_tokenizer
 from .config import EditModelConfig
 from .pixel_vae import PixelSpaceVAE
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.media import MediaError, load_image
-from ..data.records import RecordError, read_jsonl
+from ..data.media.image import MediaError, load_image
+from ..data.formats.records import RecordError, read_jsonl
 
 REQUIRED = ("original_image", "edit_prompt", "edited_image")
 OPTIONAL = ("id", "meta", "original_prompt", "edited_prompt")  # the last two: published captions

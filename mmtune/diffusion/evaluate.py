@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.shapes_draw import BACKGROUND, COLOUR_RGB
-from ..data.synth_edits import REMOVED, shape_mask
+from ..synth.shapes_draw import BACKGROUND, COLOUR_RGB
+from ..synth.edits import REMOVED, shape_mask
 from .components import build_components, load_pipeline
 from .config import EditEvalConfig, EditRecipeConfig
 from .data import Triplet, read_triplets

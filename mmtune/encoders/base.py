@@ -7,7 +7,7 @@ from typing import Callable, Protocol
 import torch
 from PIL import Image
 
-from ..data.media import load_image
+from ..data.media.image import load_image
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import EncoderConfig, from_dict, to_dict
-from ..data.video import BACKENDS, load_video
+from ..data.media.video import BACKENDS, load_video
 from ..registry import ENCODERS
 from .base import ImageSpec
 

@@ -29,7 +29,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ..config import EncoderConfig
-from ..data.audio import AudioSpec, load_audio, log_mel, mel_extractor
+from ..data.media.audio import AudioSpec, load_audio, log_mel, mel_extractor
 from ..registry import ENCODERS
 
 _SPEC = "mmtune_audio_spec.json"  # written by save_pretrained: marks an encoder-only directory

@@ -3,8 +3,8 @@ from . import mlp  # noqa: F401  (registration)
 from . import qformer  # noqa: F401  (registration)
 from . import video_qformer  # noqa: F401  (registration)
 from .mlp import MLPProjector
-from .qformer import QFormerInstruction, QFormerProjector, load_hf_qformer
+from .qformer import QFormerProjector, load_hf_qformer
 from .video_qformer import AudioQFormerProjector, VideoQFormerProjector
 
-__all__ = ["AudioQFormerProjector", "MLPProjector", "QFormerInstruction", "QFormerProjector",
+__all__ = ["AudioQFormerProjector", "MLPProjector", "QFormerProjector",
            "VideoQFormerProjector", "load_hf_qformer"]

@@ -15,22 +15,14 @@ follows mmtune's `projector(features) -> [n, K, D_llm]` contract and `num_tokens
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batch import Instruction
 from ..registry import PROJECTORS
 from .mlp import sincos_2d
-
-
-@dataclass
-class QFormerInstruction:
-    """An instruction tokenised by the Q-Former's own (BERT) tokenizer."""
-
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor | None = None  # [B, L], 1 = real token
 
 
 class QFormerAttention(nn.Module):
@@ -150,7 +142,7 @@ class QFormerProjector(nn.Module):
             if not self.instruction_aware:
                 raise ValueError("this Q-Former was built with instruction_aware=False")
             ids, text_mask = ((instruction.input_ids, instruction.attention_mask)
-                              if isinstance(instruction, QFormerInstruction) else tuple(instruction))
+                              if isinstance(instruction, Instruction) else tuple(instruction))
             positions = torch.arange(ids.shape[1], device=ids.device)
             text = self.word_embeddings(ids) + self.position_embeddings(positions)[None]
             x = torch.cat([x, text.to(x.dtype)], dim=1)

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from ..config import RecipeConfig, from_dict, load_yaml, merge, parse_overrides, save_yaml
-from ..data.chat import resolve_template
+from ..data.text.chat import resolve_template
 from ..data.collate import ExampleEncoder, MediaTransform, RecordDataset, collate, pack
-from ..data.instructions import split_turns
-from ..data.records import read_records
+from ..data.text.instructions import split_turns
+from ..data.formats.records import read_records
 from ..model import MultimodalLM
 from ..train.evaluate import ShuffledFrames, evaluate_qa
 from ..zoo import resolve_model

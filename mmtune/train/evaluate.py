@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..data.collate import ExampleEncoder, collate
-from ..data.records import Record
+from ..data.formats.records import Record
 
 
 def normalise(text: str) -> str:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from ..config import StageConfig
-from ..model import IGNORE, Batch
+from ..batch import IGNORE, Batch
 
 
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ Each clip (default 1 s at 16 kHz) holds one to three beeps of one pitch, low (25
 high (1200-2000 Hz), at random times and loudness over faint noise. Clips are real 16-bit WAV
 files (soundfile), so training exercises the audio decoder. Silence answers nothing.
 
-``generate(out_dir)`` writes the layout described in :mod:`mmtune.data.synth_media`, with
+``generate(out_dir)`` writes the layout described in :mod:`mmtune.synth.common`, with
 clips in ``audios/``. Training records ask both questions (random order, two turns); test
 records ask one, with answers balanced per type. A test record::
 
@@ -20,9 +20,9 @@ import random
 
 import numpy as np
 
-from .audio import write_wav
+from ..data.media.audio import write_wav
 from .shapes_draw import COUNT_WORDS
-from .synth_media import balanced, user_turn, vocab_of, write_task
+from .common import balanced, user_turn, vocab_of, write_task
 
 __all__ = ["PITCHES", "ANSWERS", "VOCAB", "generate", "render_tones", "random_tones"]
 
@@ -144,4 +144,4 @@ def generate(out_dir: str | os.PathLike, n_train: int = 4000, n_test: int = 400,
         test.append({"id": name, "messages": [user_turn(q, ("audio",)), {"role": "assistant", "content": a}],
                      "audios": [rel], "meta": {"type": qtype, "split": "tones", **_public(clip)}})
     args = {"n_train": n_train, "n_test": n_test, "seed": seed, "sample_rate": sample_rate, "duration": duration}
-    return write_task(out_dir, "mmtune.data.synth_tones", args, train, captions, test, ANSWERS)
+    return write_task(out_dir, "mmtune.synth.tones", args, train, captions, test, ANSWERS)

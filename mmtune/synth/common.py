@@ -19,8 +19,8 @@ import random
 from collections import Counter
 from typing import Iterator
 
-from .records import MEDIA_TOKENS
-from .synth_shapes import _write_jsonl as write_jsonl
+from ..batch import MEDIA_TOKENS
+from .shapes import _write_jsonl as write_jsonl
 
 __all__ = ["user_turn", "balanced", "vocab_of", "write_task", "write_jsonl"]
 

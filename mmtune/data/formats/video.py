@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .convert import convert_records
-from .formats import _LLAVA_ROLES, _field, _make, _record_id, _turns, read_json_or_jsonl
+from .readers import _LLAVA_ROLES, _field, _make, _record_id, _turns, read_json_or_jsonl
 
 VIDEO = "<video>"
 WEBVID_COLUMNS = ("videoid", "page_dir", "name")  # the columns the conversion needs

@@ -5,7 +5,7 @@ and asks "which way does the circle move and is the tone high or low ?"; the ans
 words, direction then pitch ("left high"), scored as a whole: chance is 1/8, one stream alone
 gets at most 1/2 (the right word from it, a guess for the other).
 
-``generate(out_dir)`` writes the layout of :mod:`mmtune.data.synth_media` with clips in
+``generate(out_dir)`` writes the layout of :mod:`mmtune.synth.common` with clips in
 ``videos/`` and ``audios/``; records carry both ``<video>`` and ``<audio>`` placeholders::
 
     {"id": "test_00004", "videos": ["videos/test_00004.mp4"], "audios": ["audios/test_00004.wav"],
@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import random
 
-from .audio import write_wav
+from ..data.media.audio import write_wav
 from .shapes_draw import COLOURS, SHAPES
-from .synth_media import balanced, user_turn, vocab_of, write_task
-from .synth_motion import DIRECTIONS, random_motion, write_clip
-from .synth_tones import PITCHES, random_tones, render_tones
+from .common import balanced, user_turn, vocab_of, write_task
+from .motion import DIRECTIONS, random_motion, write_clip
+from .tones import PITCHES, random_tones, render_tones
 
 __all__ = ["ANSWERS", "VOCAB", "generate"]
 
@@ -73,4 +73,4 @@ def generate(out_dir: str | os.PathLike, n_train: int = 4000, n_test: int = 400,
     test = [record("test", i, next(answers)) for i in range(n_test)]
     args = {"n_train": n_train, "n_test": n_test, "seed": seed, "frame_size": frame_size,
             "num_frames": num_frames, "fps": fps, "sample_rate": sample_rate, "duration": duration}
-    return write_task(out_dir, "mmtune.data.synth_av", args, train, captions, test, ANSWERS)
+    return write_task(out_dir, "mmtune.synth.av", args, train, captions, test, ANSWERS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable, Iterator
 
-from .formats import _field, _make, placeholders_in
+from .readers import _field, _make, placeholders_in
 
 _OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
 

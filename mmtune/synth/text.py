@@ -66,7 +66,7 @@ def generate(out_dir: str | Path, n_train: int = 4000, n_test: int = 400, seed: 
     for split, records in splits.items():
         with (out / f"{split}.jsonl").open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
-    meta = {"generator": "mmtune.data.synth_text", "args": {"n_train": n_train, "n_test": n_test,
+    meta = {"generator": "mmtune.synth.text", "args": {"n_train": n_train, "n_test": n_test,
             "seed": seed, "skills": list(skills)},
             "counts": {s: {k: sum(r["meta"]["type"] == k for r in recs) for k in skills}
                        for s, recs in splits.items()}}

@@ -5,7 +5,7 @@ in one of four directions; the question names the shape, so only the frames' *or
 the answer (a model that ignores time still sees the axis of motion: ~50%, chance 25%).
 Clips are real H.264 mp4 files written with PyAV, so training exercises the video decoder.
 
-``generate(out_dir)`` writes the layout described in :mod:`mmtune.data.synth_media`, with
+``generate(out_dir)`` writes the layout described in :mod:`mmtune.synth.common`, with
 clips in ``videos/``. A test record::
 
     {"id": "test_00012", "videos": ["videos/test_00012.mp4"],
@@ -21,8 +21,8 @@ import random
 import numpy as np
 
 from .shapes_draw import COLOURS, SHAPES, _size_range, render
-from .synth_media import balanced, user_turn, vocab_of, write_task
-from .video import write_video
+from .common import balanced, user_turn, vocab_of, write_task
+from ..data.media.video import write_video
 
 __all__ = ["DIRECTIONS", "ANSWERS", "VOCAB", "generate", "render_clip", "trajectory"]
 
@@ -126,4 +126,4 @@ def generate(out_dir: str | os.PathLike, n_train: int = 4000, n_test: int = 400,
                      "videos": [rel], "meta": {"type": "direction", "split": "motion", **_public(clip)}})
     args = {"n_train": n_train, "n_test": n_test, "seed": seed, "frame_size": frame_size,
             "num_frames": num_frames, "fps": fps}
-    return write_task(out_dir, "mmtune.data.synth_motion", args, train, captions, test, ANSWERS)
+    return write_task(out_dir, "mmtune.synth.motion", args, train, captions, test, ANSWERS)

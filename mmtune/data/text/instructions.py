@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .records import MEDIA_TOKENS, PLACEHOLDER_RE, Record
+from ...batch import MEDIA_TOKENS
+from ..formats.records import PLACEHOLDER_RE, Record
 
 
 def medium_instructions(messages: list[dict], modality: str) -> list[str]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from .media import MediaError
+from .image import MediaError
 
 Backend = Literal["pyav", "decord"]
 BACKENDS: tuple[str, ...] = ("pyav", "decord")

@@ -91,7 +91,7 @@ def generate(out_dir: str | Path, n_train: int = 3000, n_test: int = 100, seed: 
                           "edited_image": f"images/{name}_out.png", "meta": meta}
                 f.write(json.dumps(record) + "\n")
                 counts[split][meta["edit"]] += 1
-    meta = {"generator": "mmtune.data.synth_edits",
+    meta = {"generator": "mmtune.synth.edits",
             "args": {"n_train": n_train, "n_test": n_test, "seed": seed, "image_size": image_size,
                      "remove_share": remove_share, "max_shapes": max_shapes},
             "palette": {"background": list(BACKGROUND)},

@@ -262,7 +262,7 @@ def generate(out_dir: str | os.PathLike, n_train: int = 2000, n_test: int = 300,
     _write_jsonl(os.path.join(out_dir, "test.jsonl"), test)
 
     meta: dict[str, Any] = {
-        "generator": "mmtune.data.synth_shapes",
+        "generator": "mmtune.synth.shapes",
         "args": {"n_train": n_train, "n_test": n_test, "seed": seed, "image_size": image_size},
         "files": {"train": "train.jsonl", "captions": "captions.jsonl", "test": "test.jsonl", "images": "images"},
         "counts": {

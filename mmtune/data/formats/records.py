@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from ...batch import MEDIA_TOKENS
+
 T = TypeVar("T")
 
 # One placeholder per medium in message content; the collator expands each into the
 # number of feature vectors the model's encoder + projector produce for it.
-MEDIA_TOKENS: dict[str, str] = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 PLACEHOLDER_RE = re.compile("|".join(re.escape(t) for t in MEDIA_TOKENS.values()))
 ROLES = ("system", "user", "assistant")
 MEDIA_KEYS = {"image": "images", "video": "videos", "audio": "audios"}

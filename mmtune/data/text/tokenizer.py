@@ -9,20 +9,20 @@ from __future__ import annotations
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ..config import TokenizerConfig
+from ...config import TokenizerConfig
 from .chat import TEMPLATES
-from .records import MEDIA_TOKENS
+from ...batch import MEDIA_TOKENS
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 TEMPLATE_WORDS = ["USER", "ASSISTANT", ":"]
 
 
 def synthetic_words() -> list[str]:
     """Every word the synthetic tasks use, in a fixed order (ids must not depend on data)."""
-    from .synth_av import VOCAB as AV_VOCAB
-    from .synth_motion import VOCAB as MOTION_VOCAB
-    from .synth_shapes import VOCAB as SHAPES_VOCAB
-    from .synth_text import VOCAB as TEXT_VOCAB
-    from .synth_tones import VOCAB as TONES_VOCAB
+    from ...synth.av import VOCAB as AV_VOCAB
+    from ...synth.motion import VOCAB as MOTION_VOCAB
+    from ...synth.shapes import VOCAB as SHAPES_VOCAB
+    from ...synth.text import VOCAB as TEXT_VOCAB
+    from ...synth.tones import VOCAB as TONES_VOCAB
 
     words: list[str] = []
     # Append-only: the ids of earlier words stay (new tasks' words go at the end).

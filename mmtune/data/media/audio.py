@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 from transformers import WhisperFeatureExtractor
 
-from .media import MediaError
+from .image import MediaError
 
 
 @dataclass(frozen=True)

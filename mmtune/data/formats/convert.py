@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .formats import rebase_media, write_jsonl
+from .readers import rebase_media, write_jsonl
 
 SHOW_MISSING = 10  # how many missing media files to list before only counting
 

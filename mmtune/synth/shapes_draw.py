@@ -1,6 +1,6 @@
 """Drawing half of the synthetic shapes task: colours, shape layout and rendering.
 
-Split out of :mod:`mmtune.data.synth_shapes` (which re-exports the public names);
+Split out of :mod:`mmtune.synth.shapes` (which re-exports the public names);
 all randomness comes from the ``random.Random`` passed in, so the generated images
 are unchanged.
 """

@@ -25,7 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .records import MEDIA_KEYS, MEDIA_TOKENS, PLACEHOLDER_RE, parse_record
+from ...batch import MEDIA_TOKENS
+from .records import MEDIA_KEYS, PLACEHOLDER_RE, parse_record
 
 ROLES = ("user", "assistant", "system")
 # Record field -> its placeholder, from the record format's own tables.
@@ -389,6 +390,6 @@ def convert_cli(argv: list[str] | None, fmt: str, doc: str, input_help: str,
 def __getattr__(name: str) -> Any:
     """Re-export formats_oasst's readers, imported on first use (formats_oasst imports this module)."""
     if name in ("oasst_threads", "oasst_tree_messages"):
-        from . import formats_oasst
+        from . import oasst as formats_oasst
         return getattr(formats_oasst, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,57 @@
+"""The data <-> model contract: what a collator hands a model. A leaf: imports nothing of ours.
+
+`data/` builds `Batch`es, `model.py` and the projectors read them; neither reaches into the
+other, so a new projector or a new collator only has to keep this file's promises.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+IGNORE = -100  # label of a position that carries no loss (prompt, media, padding)
+
+# One placeholder token per modality in record text; the collator expands each into as many
+# ids as the model says that medium takes.
+MEDIA_TOKENS: dict[str, str] = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+
+
+@dataclass
+class Instruction:
+    """Each medium's instruction in a projector's own tokenizer (InstructBLIP's Q-Former reads
+    it beside its queries). Projector-agnostic: any instruction-aware projector takes it."""
+
+    input_ids: torch.Tensor  # [n, L]
+    attention_mask: torch.Tensor | None = None  # [n, L], 1 = real token
+
+
+@dataclass
+class Batch:
+    """What the collator hands the model. Typed, so nothing travels as a loose dict key."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T], IGNORE where no loss
+    media: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [n, ...]
+    media_per_row: dict[str, list[int]] = field(default_factory=dict)  # modality -> count per row
+    ids: list[str] = field(default_factory=list)  # record ids, for error messages
+    position_ids: torch.Tensor | None = None  # [B, T], set when packing
+    dropped: list[str] = field(default_factory=list)  # "id: reason" of samples left out
+    truncated: int = 0  # rows whose trailing text was cut to fit max_length
+    # modality -> each medium's instruction in the projector's tokenizer (InstructBLIP)
+    instructions: dict[str, Instruction] = field(default_factory=dict)
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return dataclasses.replace(self, input_ids=move(self.input_ids),
+                                   attention_mask=move(self.attention_mask), labels=move(self.labels),
+                                   media={k: move(v) for k, v in self.media.items()},
+                                   position_ids=move(self.position_ids),
+                                   instructions={k: Instruction(move(v.input_ids), move(v.attention_mask))
+                                                 for k, v in self.instructions.items()})
+
+    def num_loss_tokens(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE).sum())
