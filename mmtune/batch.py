@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -15,6 +16,26 @@ IGNORE = -100  # label of a position that carries no loss (prompt, media, paddin
 # One placeholder token per modality in record text; the collator expands each into as many
 # ids as the model says that medium takes.
 MEDIA_TOKENS: dict[str, str] = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+
+
+# A decoded medium before preprocessing: a PIL image, uint8 video frames [T, H, W, 3], or a
+# float32 waveform [S]; each encoder's `load` / `blank` / `preprocess` agree on its form.
+RawMedium = Any
+
+
+@dataclass(frozen=True)
+class MediumSpec:
+    """What the data side needs to know about one of the model's modalities; the model hands
+    one per modality (`MultimodalLM.media_specs`), so the collator never reaches into it."""
+
+    placeholder_id: int  # the one token id that `<image>` etc. becomes before expansion
+    tokens: int  # placeholder ids per medium (what the projector returns for one medium)
+    load: Callable[[str, str], RawMedium]  # (path, where) -> raw medium, raising MediaError
+    blank: Callable[[], RawMedium]  # a content-free stand-in (flat image, flat frames, silence)
+    preprocess: Callable[[list[RawMedium]], torch.Tensor]  # raw media -> [n, ...]
+    # An instruction-aware projector's own tokenizer (InstructBLIP's Q-Former); None: no text.
+    instruction_tokenizer: Any = None
+    max_instruction_length: int = 128
 
 
 @dataclass

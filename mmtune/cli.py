@@ -79,11 +79,11 @@ def _print_eval(result: dict) -> None:
 def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> str:
     from .data.collate import collate
     from .data.formats.records import parse_record
-    from .recipes.common import example_encoder
+    from .recipes.common import example_builder
 
     record = parse_record({"id": "chat", "messages": [{"role": "user", "content": f"<image>\n{question}"}],
                            "images": [str(Path(image).resolve())]}, "chat", Path("."))
-    enc = example_encoder(model, cfg, None)
+    enc = example_builder(model, cfg, None)
     batch = collate([enc.encode_prompt(record)], model.tokenizer.pad_token_id, left_pad=True)
     new = model.generate(batch, max_new_tokens=max_new_tokens)
     return model.tokenizer.decode(new[0], skip_special_tokens=True).strip()

@@ -10,7 +10,6 @@ The whole forward is `embed()` + one LLM call:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from pathlib import Path
 
@@ -20,30 +19,28 @@ from torch import nn
 
 from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
 from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
-from .batch import MEDIA_TOKENS, Batch, Instruction
+from .batch import MEDIA_TOKENS, Batch, Instruction, MediumSpec
 from .config import ModelConfig, ProjectorConfig, TokenizerConfig, from_dict, to_dict
 from .data.text.tokenizer import load_tokenizer
 from .llm import add_lora, load_llm
+from .parts import Encoder, feature_spec
 from .registry import ENCODERS, PROJECTORS
 
 class PlaceholderMismatchError(ValueError):
     pass
 
 
-def build_projector(modality: str, cfg: ProjectorConfig, encoder: nn.Module, d_llm: int) -> nn.Module:
-    """The projector for `encoder`'s features. A projector that works over time (it takes a
-    `num_frames` argument, e.g. the video Q-Former) gets the encoder's frame count, so the
-    number is set once, in the encoder's config; a different explicit value is an error."""
-    builder = PROJECTORS.get(cfg.type)
+def build_projector(modality: str, cfg: ProjectorConfig, encoder: Encoder, d_llm: int) -> nn.Module:
+    """The projector for `encoder`'s features (their width, token count and frames). A frame
+    count is set once, in the encoder's config: a projector option that disagrees is an error."""
+    spec = feature_spec(encoder)
     options = dict(cfg.options)
-    frames = getattr(encoder, "num_frames", None)
-    if frames is not None and "num_frames" in inspect.signature(builder).parameters:
-        given = options.setdefault("num_frames", frames)
-        if given != frames:
-            raise ValueError(f"model.projectors.{modality}.options.num_frames={given} but the {modality} "
-                             f"encoder samples {frames} frames (model.encoders.{modality}.arch.num_frames); "
-                             "drop the projector's value to follow the encoder")
-    return builder(encoder.hidden_size, d_llm, **options)
+    given = options.pop("num_frames", spec.frames)
+    if given != spec.frames:
+        raise ValueError(f"model.projectors.{modality}.options.num_frames={given} but the {modality} "
+                         f"encoder samples {spec.frames} frames (model.encoders.{modality}.arch.num_frames); "
+                         "drop the projector's value to follow the encoder")
+    return PROJECTORS.get(cfg.type)(spec, d_llm, **options)
 
 
 class MultimodalLM(nn.Module):
@@ -83,6 +80,16 @@ class MultimodalLM(nn.Module):
     def tokens_per_medium(self, modality: str) -> int:
         return self.projectors[modality].num_tokens(self.encoders[modality].num_tokens())
 
+    def media_specs(self) -> dict[str, MediumSpec]:
+        """What the collator needs to know about each modality (the data<->model contract)."""
+        specs = {}
+        for m, enc in self.encoders.items():
+            specs[m] = MediumSpec(placeholder_id=self.placeholder_ids[m], tokens=self.tokens_per_medium(m),
+                                  load=enc.load, blank=enc.blank, preprocess=enc.preprocess,
+                                  instruction_tokenizer=self.instruction_tokenizers.get(m),
+                                  max_instruction_length=self.config.projectors[m].max_instruction_length)
+        return specs
+
     def enable_lora(self) -> None:
         if not hasattr(self.llm, "peft_config"):
             self.llm = add_lora(self.llm, self.config.llm.lora)
@@ -119,7 +126,7 @@ class MultimodalLM(nn.Module):
         if modality in self.instruction_tokenizers:
             if instruction is None:
                 raise ValueError(f"the {modality} projector reads instructions but the batch has none "
-                                 "(build examples with recipes.common.example_encoder)")
+                                 "(build examples with an ExampleBuilder from model.media_specs())")
             return self.projectors[modality](features, instruction=instruction)  # [n, K, D_llm]
         return self.projectors[modality](features)  # [n, K, D_llm]
 

@@ -22,8 +22,10 @@ from mmtune.data.text.chat import (
     resolve_template,
     tokenize_with_labels,
 )
-from mmtune.data.collate import Dropped, Example, ExampleEncoder, SampleError
+from mmtune.batch import MediumSpec
+from mmtune.data.collate import Dropped, Example, ExampleBuilder, SampleError
 from mmtune.data.formats.records import Record
+from mmtune.data.media.image import load_image
 from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words
 from mmtune.batch import IGNORE
 
@@ -318,10 +320,10 @@ def _png(path, colour=(255, 0, 0)):
 
 
 def _encoder(tok, template="user_assistant", **kw):
-    return ExampleEncoder(tokenizer=tok, template=TEMPLATES[template], tokens_per_medium={"image": K},
-                          placeholder_ids={"image": tok.convert_tokens_to_ids("<image>")},
-                          preprocess={"image": lambda images: torch.zeros(len(images), 3, 8, 8)},
-                          **kw)
+    spec = MediumSpec(placeholder_id=tok.convert_tokens_to_ids("<image>"), tokens=K, load=load_image,
+                      blank=lambda: Image.new("RGB", (8, 8)),
+                      preprocess=lambda images: torch.zeros(len(images), 3, 8, 8))
+    return ExampleBuilder(tokenizer=tok, template=TEMPLATES[template], media={"image": spec}, **kw)
 
 
 def _two_image_record(tmp_path) -> Record:
@@ -334,7 +336,7 @@ def _two_image_record(tmp_path) -> Record:
 @pytest.mark.parametrize("template", ["user_assistant", "llava_v1", "chatml"])
 def test_encode_expands_placeholders_without_loss(word_tok, tmp_path, template):
     enc = _encoder(word_tok, template)
-    pid = enc.placeholder_ids["image"]
+    pid = enc.media["image"].placeholder_id
     ex = enc.encode(_two_image_record(tmp_path))
     assert isinstance(ex, Example) and not ex.truncated
     assert len(ex.input_ids) == len(ex.labels)
@@ -354,7 +356,7 @@ def test_encode_expands_placeholders_without_loss(word_tok, tmp_path, template):
 
 def test_expand_masks_placeholders_even_inside_answers(word_tok):
     enc = _encoder(word_tok)
-    pid = enc.placeholder_ids["image"]
+    pid = enc.media["image"].placeholder_id
     ids = [10, pid, 11, pid, 12]
     record = Record(id="x", messages=[], media={"image": ["a", "b"]}, source="d.jsonl:7")
     out_ids, labels = enc.expand(ids, [True] * 5, record)
@@ -366,7 +368,7 @@ def test_expand_masks_placeholders_even_inside_answers(word_tok):
 
 def test_expand_count_mismatch_names_record(word_tok):
     enc = _encoder(word_tok)
-    pid = enc.placeholder_ids["image"]
+    pid = enc.media["image"].placeholder_id
     record = Record(id="x", messages=[], media={"image": ["a", "b"]}, source="d.jsonl:7")
     with pytest.raises(SampleError, match=r"d\.jsonl:7: 1 image placeholder.*but 2 image"):
         enc.expand([10, pid, 11], [False] * 3, record)
@@ -376,7 +378,7 @@ def test_encode_with_bpe_tokenizer(tmp_path):
     tok = _train_bpe("bytelevel")
     enc = _encoder(tok, "llava_v1")
     ex = enc.encode(_two_image_record(tmp_path))
-    pid = enc.placeholder_ids["image"]
+    pid = enc.media["image"].placeholder_id
     assert ex.input_ids.count(pid) == 2 * K
     assert all(lab == IGNORE for t, lab in zip(ex.input_ids, ex.labels) if t == pid)
     sup = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]

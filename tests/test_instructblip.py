@@ -14,7 +14,7 @@ from mmtune.data.text.instructions import medium_instructions, split_turns
 from mmtune.data.formats.records import parse_record
 from mmtune.synth.shapes import generate
 from mmtune.model import MultimodalLM
-from mmtune.recipes.common import example_encoder, load_recipe_config
+from mmtune.recipes.common import example_builder, load_recipe_config
 from mmtune.registry import RECIPES
 
 QFORMER = {"type": "qformer", "instruction_tokenizer": {"type": "synthetic"},
@@ -69,7 +69,7 @@ def test_instructions_per_medium_and_single_turn_split(tmp_path):
 def test_instruction_reaches_the_qformer_and_changes_its_tokens(tmp_path, sample_image):
     model = qformer_model()
     cfg = load_recipe_config("instructblip", "tiny", SMALL)
-    enc = example_encoder(model, cfg, None)
+    enc = example_builder(model, cfg, None)
     ex_a = enc.encode(record("what colour is the circle ?", sample_image))
     ex_b = enc.encode(record("how many shapes are there ?", sample_image))
     batch = collate([ex_a, ex_b], model.tokenizer.pad_token_id)
@@ -109,7 +109,7 @@ def test_trains_only_the_qformer_then_reloads(tmp_path, shapes_dir):
     assert "image" in model2.instruction_tokenizers
     first = json.loads((shapes_dir / "test.jsonl").read_text().splitlines()[0])
     rec = parse_record(first, "t", shapes_dir)
-    batch = collate([example_encoder(model2, cfg2, None).encode(rec)], model2.tokenizer.pad_token_id)
+    batch = collate([example_builder(model2, cfg2, None).encode(rec)], model2.tokenizer.pad_token_id)
     assert batch.instructions["image"].input_ids.shape[0] == 1
     assert torch.isfinite(model2.eval()(batch)).all()
 

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from mmtune.projectors.mlp import MLPProjector, sincos_2d
+from mmtune.parts import FeatureSpec
 from mmtune.registry import PROJECTORS
 
 
 def test_registered_names_build_the_right_depth():
     for name, linears in (("linear", 1), ("mlp1x_gelu", 1), ("mlp2x_gelu", 2), ("mlp3x_gelu", 3)):
-        proj = PROJECTORS.get(name)(8, 16)
+        proj = PROJECTORS.get(name)(FeatureSpec(8, 4), 16)
         assert sum(isinstance(m, torch.nn.Linear) for m in proj.modules()) == linears, name
 
 

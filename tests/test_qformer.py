@@ -8,6 +8,7 @@ from transformers import (Blip2QFormerConfig, Blip2QFormerModel, InstructBlipQFo
 
 from mmtune.batch import Instruction
 from mmtune.projectors.qformer import QFormerProjector, load_hf_qformer
+from mmtune.parts import FeatureSpec
 from mmtune.registry import PROJECTORS
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -16,7 +17,7 @@ Q, D_ENC, D_LLM = 4, 24, 40
 
 
 def ours(freq: int, instruction_aware: bool) -> QFormerProjector:
-    return PROJECTORS.get("qformer")(D_ENC, D_LLM, num_queries=Q, hidden_size=32, num_layers=2,
+    return PROJECTORS.get("qformer")(FeatureSpec(D_ENC, 0), D_LLM, num_queries=Q, hidden_size=32, num_layers=2,
                                      num_heads=2, intermediate_size=64, cross_attention_frequency=freq,
                                      instruction_aware=instruction_aware, vocab_size=50,
                                      max_position_embeddings=16)

@@ -1,6 +1,7 @@
 """Reading JSONL records strictly, and what the collator does with bad or long samples."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -11,9 +12,10 @@ import torch
 from PIL import Image
 
 from mmtune.data.text.chat import TEMPLATES
-from mmtune.data.collate import Dropped, Example, ExampleEncoder, SampleError, collate
+from mmtune.batch import MediumSpec
+from mmtune.data.collate import Dropped, Example, ExampleBuilder, SampleError, collate
 from mmtune.data.formats.readers import from_mmtune
-from mmtune.data.media.image import MediaError
+from mmtune.data.media.image import MediaError, load_image
 from mmtune.data.formats.records import Record, RecordError, parse_record, read_records
 from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words
 from mmtune.batch import IGNORE
@@ -171,15 +173,18 @@ def test_from_mmtune_keeps_paths_verbatim_and_is_stricter_about_ids():
                     "m.jsonl:4")
 
 
-# --- ExampleEncoder: bad media, truncation, nothing to learn ----------------------------
+# --- ExampleBuilder: bad media, truncation, nothing to learn ----------------------------
 
 
-def encoder(tok, **kw) -> ExampleEncoder:
-    return ExampleEncoder(tokenizer=tok, template=TEMPLATES["user_assistant"],
-                          tokens_per_medium={"image": K},
-                          placeholder_ids={"image": tok.convert_tokens_to_ids("<image>")},
-                          preprocess={"image": lambda images: torch.zeros(len(images), 3, 8, 8)},
-                          **kw)
+def image_spec(tok) -> MediumSpec:
+    return MediumSpec(placeholder_id=tok.convert_tokens_to_ids("<image>"), tokens=K, load=load_image,
+                      blank=lambda: Image.new("RGB", (8, 8)),
+                      preprocess=lambda images: torch.zeros(len(images), 3, 8, 8))
+
+
+def encoder(tok, **kw) -> ExampleBuilder:
+    kw.setdefault("media", {"image": image_spec(tok)})
+    return ExampleBuilder(tokenizer=tok, template=TEMPLATES["user_assistant"], **kw)
 
 
 def one_record(tmp_path, obj, name="d.jsonl") -> Record:
@@ -220,7 +225,7 @@ def test_corrupt_png_is_a_clear_media_error(tok, tmp_path):
 
 def test_blank_media_does_not_read_files(tok, tmp_path):
     record = one_record(tmp_path, qa(images=["missing.png"]))
-    ex = encoder(tok, blank_media=lambda m: Image.new("RGB", (8, 8))).encode(record)
+    ex = encoder(tok, blank_media=True).encode(record)
     assert isinstance(ex, Example) and ex.media["image"].shape == (1, 3, 8, 8)
 
 
@@ -228,8 +233,8 @@ def test_image_count_mismatch_after_tokenisation_names_record(tok, tmp_path):
     # The record is valid, but the model is told a different placeholder id.
     png(tmp_path / "a.png")
     record = one_record(tmp_path, qa(images=["a.png"]))
-    enc = encoder(tok)
-    enc.placeholder_ids = {"image": tok.convert_tokens_to_ids("<video>")}
+    enc = encoder(tok, media={"image": dataclasses.replace(image_spec(tok),
+                                                           placeholder_id=tok.convert_tokens_to_ids("<video>"))})
     with pytest.raises(SampleError, match=re.escape(f"{tmp_path / 'd.jsonl'}:1: 0 image placeholder")):
         enc.encode(record)
 

@@ -14,7 +14,7 @@ from mmtune.synth import av as synth_av, motion as synth_motion
 from mmtune.data.collate import collate
 from mmtune.data.formats.records import read_records
 from mmtune.model import MultimodalLM
-from mmtune.recipes.common import example_encoder, load_recipe_config
+from mmtune.recipes.common import example_builder, load_recipe_config
 from mmtune.registry import RECIPES
 from mmtune.train.evaluate import ShuffledFrames
 
@@ -46,7 +46,7 @@ def av_model_and_config(av_dir: Path, *overrides: str):
 def test_video_and_audio_records_reach_the_model(av_dir):
     model, cfg = av_model_and_config(av_dir)
     records, _ = read_records(av_dir / "train.jsonl")
-    examples = [example_encoder(model, cfg, None).encode(r) for r in records[:2]]
+    examples = [example_builder(model, cfg, None).encode(r) for r in records[:2]]
     batch = collate(examples, model.tokenizer.pad_token_id)
     assert batch.media["video"].shape == (2, 8, 3, 32, 32)  # [n, T, 3, S, S]
     assert batch.media["audio"].shape == (2, 80, 100)  # [n, mels, 2P]: 1 s of log-mel
@@ -55,7 +55,7 @@ def test_video_and_audio_records_reach_the_model(av_dir):
     with torch.no_grad():
         assert torch.isfinite(model(batch)).all()
 
-    blank = collate([example_encoder(model, cfg, None, blank=True).encode(r) for r in records[:2]],
+    blank = collate([example_builder(model, cfg, None, blank=True).encode(r) for r in records[:2]],
                     model.tokenizer.pad_token_id)
     frames = blank.media["video"]  # flat frames of the mean colour (to 1/255): ~0 after normalising
     assert torch.allclose(frames, torch.zeros_like(frames), atol=2 / 255) and frames.unique().numel() == 1
@@ -66,8 +66,8 @@ def test_video_and_audio_records_reach_the_model(av_dir):
 def test_shuffled_frames_permute_time_only_and_repeat(av_dir):
     model, cfg = av_model_and_config(av_dir)
     (record, *_), _ = read_records(av_dir / "test.jsonl")
-    ordered = example_encoder(model, cfg, None).encode_prompt(record).media
-    shuffle = example_encoder(model, cfg, None, media_transform={"video": ShuffledFrames(0)})
+    ordered = example_builder(model, cfg, None).encode_prompt(record).media
+    shuffle = example_builder(model, cfg, None, media_transform={"video": ShuffledFrames(0)})
     shuffled = shuffle.encode_prompt(record).media
     assert torch.equal(shuffled["audio"], ordered["audio"])  # other media untouched
     frames, mixed = ordered["video"][0], shuffled["video"][0]  # [T, 3, S, S]

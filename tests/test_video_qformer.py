@@ -7,6 +7,7 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 import mmtune.projectors  # noqa: F401  (fills PROJECTORS)
 from mmtune.projectors.qformer import load_hf_qformer
+from mmtune.parts import FeatureSpec
 from mmtune.registry import PROJECTORS
 
 T, N, D_ENC, D_LLM = 4, 6, 24, 40
@@ -15,7 +16,7 @@ FRAME_QF = dict(num_queries=3, hidden_size=16, num_layers=2, num_heads=2, interm
 
 
 def video(**options):
-    return PROJECTORS.get("video_qformer")(D_ENC, D_LLM, num_frames=T, **{**SMALL, **options}).eval()
+    return PROJECTORS.get("video_qformer")(FeatureSpec(D_ENC, 0, frames=T), D_LLM, **{**SMALL, **options}).eval()
 
 
 def features(n: int = 2) -> torch.Tensor:
@@ -29,7 +30,7 @@ def test_video_qformer_shapes_and_video_llama_defaults():
     qf = proj.video_qformer
     assert len(qf.layers) == 2 and all(layer.cross_attn is not None for layer in qf.layers)  # cross-attn every layer
     assert not qf.instruction_aware and proj.frame_position.weight.shape == (T, D_ENC)
-    default = PROJECTORS.get("video_qformer")(D_ENC, D_LLM, num_frames=T, hidden_size=32, num_heads=2)
+    default = PROJECTORS.get("video_qformer")(FeatureSpec(D_ENC, 0, frames=T), D_LLM, hidden_size=32, num_heads=2)
     assert default.num_tokens(1) == 32  # Video-LLaMA's 32 video queries
 
 
@@ -87,11 +88,11 @@ def test_video_qformer_errors():
     with pytest.raises(ValueError, match="instruction_aware"):
         video()(features(), instruction=(torch.zeros(2, 3, dtype=torch.long), None))
     with pytest.raises(ValueError, match="num_frames"):
-        PROJECTORS.get("video_qformer")(D_ENC, D_LLM, num_frames=0)
+        PROJECTORS.get("video_qformer")(FeatureSpec(D_ENC, 0, frames=0), D_LLM)
 
 
 def test_audio_qformer():
-    proj = PROJECTORS.get("audio_qformer")(D_ENC, D_LLM, num_positions=8, **SMALL).eval()
+    proj = PROJECTORS.get("audio_qformer")(FeatureSpec(D_ENC, 0), D_LLM, num_positions=8, **SMALL).eval()
     x = torch.randn(2, 8, D_ENC)
     assert proj(x).shape == (2, 5, D_LLM) and proj.num_tokens(8) == 5
     assert len(proj.qformer.layers) == 2 and not proj.qformer.instruction_aware
@@ -99,5 +100,5 @@ def test_audio_qformer():
         assert not torch.allclose(proj(x), proj(x.flip(1)), atol=1e-3)
     with pytest.raises(ValueError, match="num_positions"):
         proj(torch.randn(1, 9, D_ENC))
-    plain = PROJECTORS.get("audio_qformer")(D_ENC, D_LLM, hidden_size=32, num_heads=2)
+    plain = PROJECTORS.get("audio_qformer")(FeatureSpec(D_ENC, 0), D_LLM, hidden_size=32, num_heads=2)
     assert plain.position is None and plain.num_tokens(50) == 8  # Video-LLaMA's 8 audio queries

@@ -7,19 +7,16 @@ medium's tokens: it shortens trailing text, or drops the sample, and says which 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from ..batch import IGNORE, Batch, Instruction
+from ..batch import IGNORE, Batch, Instruction, MediumSpec, RawMedium
 from .text.chat import Rendered, render, render_prompt, tokenize_with_labels
 from .text.instructions import medium_instructions
-from .media.image import MediaError, load_image
+from .media.image import MediaError
 from .formats.records import PLACEHOLDER_RE, Record, RecordError
 
-# A decoded medium before preprocessing: a PIL image, uint8 video frames [T, H, W, 3], or a
-# float32 waveform [S]; each encoder's `load` / `blank` / `preprocess` agree on its form.
-RawMedium = Any
 # (raw medium, key) -> raw medium; `key` ("<record id>:<modality>:<index>") seeds anything random,
 # so a transformed evaluation is the same on every run and in every worker.
 MediaTransform = Callable[[RawMedium, str], RawMedium]
@@ -59,57 +56,51 @@ def caption_messages(messages: list[dict]) -> list[dict]:
 
 
 @dataclass
-class ExampleEncoder:
-    """Turns one record into an `Example` (or a `Dropped`). Runs in DataLoader workers."""
+class ExampleBuilder:
+    """Turns one record into an `Example` (token ids, labels, media tensors) or a `Dropped`.
+    Runs in DataLoader workers."""
 
     tokenizer: object
     template: str
-    tokens_per_medium: dict[str, int]  # modality -> placeholder ids per medium
-    placeholder_ids: dict[str, int]
-    preprocess: dict[str, Callable[[list[RawMedium]], torch.Tensor]]  # modality -> batch of raw -> tensor
+    media: dict[str, MediumSpec]  # modality -> what the model says about it
     max_length: int = 512
     skip_bad: bool = False
     caption_task: bool = False  # LLaVA pretraining: drop the instruction text
-    blank_media: Callable[[str], RawMedium] | None = None  # modality -> blank stand-in
-    # modality -> (path, where) -> raw medium, raising MediaError; images default to load_image
-    load: dict[str, Callable[[str, str], RawMedium]] = field(default_factory=dict)
+    blank_media: bool = False  # every medium replaced by its blank stand-in (the "no image" probe)
     # modality -> applied to each raw medium before preprocessing (e.g. frames shuffled in time)
     media_transform: dict[str, MediaTransform] = field(default_factory=dict)
-    # modality -> the projector's own tokenizer, for instruction-aware projectors only
-    instruction_tokenizers: dict[str, object] = field(default_factory=dict)
-    max_instruction_length: dict[str, int] = field(default_factory=dict)  # modality -> tokens
 
     def instructions(self, messages: list[dict]) -> dict[str, list[list[int]]]:
         out = {}
-        for modality, tok in self.instruction_tokenizers.items():
+        for modality, spec in self.media.items():
+            if spec.instruction_tokenizer is None:
+                continue
             texts = medium_instructions(messages, modality)
             if texts:
-                out[modality] = tok(texts, truncation=True, max_length=self.max_instruction_length[modality])["input_ids"]
+                out[modality] = spec.instruction_tokenizer(texts, truncation=True,
+                                                           max_length=spec.max_instruction_length)["input_ids"]
         return out
 
     def load_media(self, record: Record) -> dict[str, torch.Tensor]:
         out = {}
         for modality, paths in record.media.items():
-            if modality not in self.preprocess:
+            spec = self.media.get(modality)
+            if spec is None:
                 raise SampleError(f"{record.source}: record has {modality} but the model has no "
                                   f"{modality} encoder")
-            if self.blank_media is not None:
-                raw = [self.blank_media(modality) for _ in paths]
-            else:
-                load = self.load.get(modality, load_image)
-                raw = [load(p, record.source) for p in paths]
+            raw = [spec.blank() if self.blank_media else spec.load(p, record.source) for p in paths]
             transform = self.media_transform.get(modality)
             if transform is not None:
                 raw = [transform(m, f"{record.id}:{modality}:{i}") for i, m in enumerate(raw)]
-            out[modality] = self.preprocess[modality](raw)
+            out[modality] = spec.preprocess(raw)
         return out
 
     def expand(self, ids: list[int], supervised: list[bool], record: Record) -> tuple[list[int], list[int]]:
         """Each placeholder id -> K copies (no loss); other tokens keep their label."""
-        by_id = {tid: m for m, tid in self.placeholder_ids.items()}
+        by_id = {spec.placeholder_id: m for m, spec in self.media.items()}
         out_ids: list[int] = []
         labels: list[int] = []
-        seen = {m: 0 for m in self.placeholder_ids}
+        seen = {m: 0 for m in self.media}
         for tid, sup in zip(ids, supervised):
             modality = by_id.get(tid)
             if modality is None:
@@ -117,8 +108,8 @@ class ExampleEncoder:
                 labels.append(tid if sup else IGNORE)
                 continue
             seen[modality] += 1
-            out_ids += [tid] * self.tokens_per_medium[modality]
-            labels += [IGNORE] * self.tokens_per_medium[modality]
+            out_ids += [tid] * self.media[modality].tokens
+            labels += [IGNORE] * self.media[modality].tokens
         for modality, n in seen.items():
             if n != len(record.media.get(modality, [])):
                 raise SampleError(f"{record.source}: {n} {modality} placeholder token(s) after "
@@ -134,7 +125,8 @@ class ExampleEncoder:
             ids, labels = self.expand(ids, supervised, record)
             truncated = False
             if len(ids) > self.max_length:
-                slots = [i for i, t in enumerate(ids) if t in self.placeholder_ids.values()]
+                slot_ids = {spec.placeholder_id for spec in self.media.values()}
+                slots = [i for i, t in enumerate(ids) if t in slot_ids]
                 if slots and slots[-1] >= self.max_length:
                     return Dropped(record.id, "too long: truncation would cut media tokens")
                 ids, labels, truncated = ids[: self.max_length], labels[: self.max_length], True
@@ -237,7 +229,7 @@ def _instructions(flat: list[Example]) -> dict[str, Instruction]:
 @dataclass
 class RecordDataset(torch.utils.data.Dataset):
     records: list[Record]
-    encoder: ExampleEncoder
+    builder: ExampleBuilder
     prompts: bool = False  # True: generation prompts instead of training examples
 
     def __len__(self) -> int:
@@ -245,7 +237,7 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Example | Dropped:
         r = self.records[i]
-        return self.encoder.encode_prompt(r) if self.prompts else self.encoder.encode(r)
+        return self.builder.encode_prompt(r) if self.prompts else self.builder.encode(r)
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""What every image encoder provides, and the preprocessing that travels with it."""
+"""What image encoders share: the preprocessing that travels with them, and `load` / `blank`.
+
+The interface every encoder keeps (any modality) is `mmtune.parts.Encoder`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -20,29 +22,12 @@ class ImageSpec:
     pad_to_square: bool = True  # LLaVA-1.5 "pad": keep the whole image, fill with the mean colour
 
 
-class ImageEncoder(Protocol):
-    """`forward(pixels [B, 3, H, W]) -> features [B, N, D]`."""
-
-    modality: str
-    hidden_size: int
-    spec: ImageSpec
-
-    def num_tokens(self) -> int: ...
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor: ...
-
-    def load(self, path: str, where: str) -> Image.Image: ...
-
-    def blank(self) -> Image.Image: ...
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
-
-
 class ImageMedia:
-    """`load` / `blank` of an image encoder: the interface every modality's encoder offers
-    (video and audio encoders return frames / waveforms), so the collator needs no table."""
+    """`load` / `blank` / `num_frames` of an image encoder (part of `mmtune.parts.Encoder`;
+    video and audio encoders return frames / waveforms instead)."""
 
     spec: ImageSpec
+    num_frames = 1  # one image is one frame (mmtune.parts.Encoder)
 
     def load(self, path: str, where: str) -> Image.Image:
         return load_image(path, where)

@@ -39,6 +39,7 @@ class WhisperAudioEncoder(nn.Module):
     """`forward(mel [n, n_mels, 2P]) -> [n, P, D]`."""
 
     modality = "audio"
+    num_frames = 1  # a clip's log-mel is one sequence of tokens (mmtune.parts.Encoder)
 
     def __init__(self, encoder: WhisperEncoder, spec: AudioSpec, extractor: WhisperFeatureExtractor,
                  select_layer: int = -1) -> None:

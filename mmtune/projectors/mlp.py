@@ -6,6 +6,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..parts import FeatureSpec
 from ..registry import PROJECTORS
 
 
@@ -62,9 +63,9 @@ def sincos_2d(n_tokens: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def _build_mlp(in_dim: int, out_dim: int, *, depth: int, token_merge: int = 1,
+def _build_mlp(features: FeatureSpec, out_dim: int, *, depth: int, token_merge: int = 1,
                pos_embed: bool = False) -> MLPProjector:
-    return MLPProjector(in_dim, out_dim, depth, token_merge, pos_embed)
+    return MLPProjector(features.hidden_size, out_dim, depth, token_merge, pos_embed)
 
 
 PROJECTORS.register("linear", partial(_build_mlp, depth=1))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batch import Instruction
+from ..parts import FeatureSpec
 from ..registry import PROJECTORS
 from .mlp import sincos_2d
 
@@ -224,8 +225,8 @@ def load_hf_qformer(projector: QFormerProjector, qformer_state_dict: dict[str, t
     return sorted(set(own) - set(new))
 
 
-def _build_qformer(in_dim: int, out_dim: int, **options) -> QFormerProjector:
-    return QFormerProjector(in_dim, out_dim, **options)
+def _build_qformer(features: FeatureSpec, out_dim: int, **options) -> QFormerProjector:
+    return QFormerProjector(features.hidden_size, out_dim, **options)
 
 
 PROJECTORS.register("qformer", _build_qformer)

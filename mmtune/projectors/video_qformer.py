@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..parts import FeatureSpec
 from ..registry import PROJECTORS
 from .qformer import QFormerProjector
 
@@ -108,13 +109,13 @@ class AudioQFormerProjector(nn.Module):
         return self.qformer(features, instruction)  # [n, K, D_llm]
 
 
-def _build_video_qformer(in_dim: int, out_dim: int, *, num_frames: int, **options: Any) -> VideoQFormerProjector:
-    # `num_frames` is named here so MultimodalLM.build can hand it the encoder's frame count.
-    return VideoQFormerProjector(in_dim, out_dim, num_frames=num_frames, **options)
+def _build_video_qformer(features: FeatureSpec, out_dim: int, **options: Any) -> VideoQFormerProjector:
+    # The frame count is the encoder's (set once, in its config), carried by the FeatureSpec.
+    return VideoQFormerProjector(features.hidden_size, out_dim, num_frames=features.frames, **options)
 
 
-def _build_audio_qformer(in_dim: int, out_dim: int, **options: Any) -> AudioQFormerProjector:
-    return AudioQFormerProjector(in_dim, out_dim, **options)
+def _build_audio_qformer(features: FeatureSpec, out_dim: int, **options: Any) -> AudioQFormerProjector:
+    return AudioQFormerProjector(features.hidden_size, out_dim, **options)
 
 
 PROJECTORS.register("video_qformer", _build_video_qformer)

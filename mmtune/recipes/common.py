@@ -10,7 +10,7 @@ import torch
 
 from ..config import RecipeConfig, from_dict, load_yaml, merge, parse_overrides, save_yaml
 from ..data.text.chat import resolve_template
-from ..data.collate import ExampleEncoder, MediaTransform, RecordDataset, collate, pack
+from ..data.collate import ExampleBuilder, MediaTransform, RecordDataset, collate, pack
 from ..data.text.instructions import split_turns
 from ..data.formats.records import read_records
 from ..model import MultimodalLM
@@ -60,24 +60,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def example_encoder(model: MultimodalLM, cfg: RecipeConfig, template_name: str | None,
+def example_builder(model: MultimodalLM, cfg: RecipeConfig, template_name: str | None,
                     caption_task: bool = False, blank: bool = False,
-                    media_transform: dict[str, MediaTransform] | None = None) -> ExampleEncoder:
-    """Every modality's encoder decodes its own files (`load`), offers its blank stand-in
-    (`blank`: flat image, flat frames, silence) and preprocesses a batch (`preprocess`)."""
-    encoders = dict(model.encoders.items())
-    return ExampleEncoder(
-        tokenizer=model.tokenizer, template=resolve_template(model.tokenizer, template_name),
-        tokens_per_medium={m: model.tokens_per_medium(m) for m in model.encoders},
-        placeholder_ids=model.placeholder_ids,
-        preprocess={m: e.preprocess for m, e in model.encoders.items()},
-        max_length=cfg.train.max_length, skip_bad=cfg.train.on_bad_sample == "skip",
-        caption_task=caption_task,
-        blank_media=(lambda m: encoders[m].blank()) if blank else None,
-        load={m: e.load for m, e in encoders.items()}, media_transform=media_transform or {},
-        instruction_tokenizers=model.instruction_tokenizers,
-        max_instruction_length={m: model.config.projectors[m].max_instruction_length
-                                for m in model.instruction_tokenizers})
+                    media_transform: dict[str, MediaTransform] | None = None) -> ExampleBuilder:
+    """Records -> examples for `model`: each modality's encoder decodes its own files,
+    offers its blank stand-in (flat image, flat frames, silence) and preprocesses a batch."""
+    return ExampleBuilder(tokenizer=model.tokenizer, template=resolve_template(model.tokenizer, template_name),
+                          media=model.media_specs(), max_length=cfg.train.max_length,
+                          skip_bad=cfg.train.on_bad_sample == "skip", caption_task=caption_task,
+                          blank_media=blank, media_transform=media_transform or {})
 
 
 TASKS = ("conversation", "caption", "single_turn")
@@ -97,7 +88,7 @@ def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, templ
         print(f"skipped {len(bad)} bad record(s) in {data_file}, e.g. {bad[0]}")
     if task == "single_turn":
         records = [turn for r in records for turn in split_turns(r)]
-    dataset = RecordDataset(records, example_encoder(model, cfg, template, task == "caption"))
+    dataset = RecordDataset(records, example_builder(model, cfg, template, task == "caption"))
     pad = model.tokenizer.pad_token_id
     if cfg.train.packing:
         return dataset, lambda examples: pack(examples, pad, cfg.train.max_length), len(bad)
@@ -108,10 +99,10 @@ def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device
     records, _ = read_records(data_file)
     if cfg.eval.limit:
         records = records[: cfg.eval.limit]
-    enc = example_encoder(model, cfg, None)
-    blank = example_encoder(model, cfg, None, blank=True) if len(model.encoders) else None
+    enc = example_builder(model, cfg, None)
+    blank = example_builder(model, cfg, None, blank=True) if len(model.encoders) else None
     # A video model that reads temporal order must lose it when its frames are out of order.
-    probes = ({"shuffled_frames": example_encoder(model, cfg, None, media_transform={
+    probes = ({"shuffled_frames": example_builder(model, cfg, None, media_transform={
         "video": ShuffledFrames(cfg.train.seed)})} if "video" in model.encoders else {})
     return evaluate_qa(model, records, enc, blank, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                        device, tuple(cfg.eval.separate_splits), probes)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..data.collate import ExampleEncoder, collate
+from ..data.collate import ExampleBuilder, collate
 from ..data.formats.records import Record
 
 
@@ -35,7 +35,7 @@ def first_answer(generated: str, target: str) -> str:
 
 
 @torch.no_grad()
-def generate_answers(model, records: list[Record], encoder: ExampleEncoder, batch_size: int,
+def generate_answers(model, records: list[Record], encoder: ExampleBuilder, batch_size: int,
                      max_new_tokens: int, device) -> list[str]:
     was_training = model.training
     model.eval()
@@ -71,9 +71,9 @@ def _accuracy(hits: list[bool]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
-def evaluate_qa(model, records: list[Record], encoder: ExampleEncoder, blank_encoder: ExampleEncoder | None,
+def evaluate_qa(model, records: list[Record], encoder: ExampleBuilder, blank_encoder: ExampleBuilder | None,
                 batch_size: int = 64, max_new_tokens: int = 8, device="cpu",
-                separate_splits: tuple[str, ...] = (), probes: dict[str, ExampleEncoder] | None = None) -> dict:
+                separate_splits: tuple[str, ...] = (), probes: dict[str, ExampleBuilder] | None = None) -> dict:
     """Exact-match accuracy (after lower-casing and dropping punctuation) of the last
     assistant turn of each record, by question type and split, with and without media, and
     with the media altered by each of `probes` (reported as `<name>_accuracy`).
