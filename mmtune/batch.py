@@ -74,5 +74,8 @@ class Batch:
                                    instructions={k: Instruction(move(v.input_ids), move(v.attention_mask))
                                                  for k, v in self.instructions.items()})
 
+    def __len__(self) -> int:
+        return len(self.ids)  # examples (a packed row holds several); 0 when all were dropped
+
     def num_loss_tokens(self) -> int:
         return int((self.labels[:, 1:] != IGNORE).sum())

@@ -11,69 +11,33 @@ from .diffusion.cli import add_edit_parser
 from .export import add_export_parser
 
 
-def _train(args) -> None:
+def _recipes():
     from . import recipes  # noqa: F401  (fills RECIPES)
-    from .recipes.common import load_recipe_config
-    from .registry import RECIPE_CONFIGS, RECIPES
+    from .registry import RECIPES
 
+    return RECIPES
+
+
+def _train(args) -> None:
+    recipe = _recipes().get(args.recipe)
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data_dir={args.data}")
-    if args.recipe in RECIPE_CONFIGS:  # a recipe with its own config type (instruct_pix2pix)
-        cfg = RECIPE_CONFIGS.get(args.recipe)(args.config, overrides)
-    else:
-        cfg = load_recipe_config(args.recipe, args.config, overrides)
+    cfg = recipe.load_config(args.config, overrides)
     stages = [args.stage] if args.stage else None
-    summary = RECIPES.get(args.recipe)(cfg, args.output_dir, stages=stages, resume=not args.no_resume)
+    summary = recipe(cfg, args.output_dir, stages=stages, resume=not args.no_resume, fresh=args.fresh)
     if "eval" in summary:
-        _print_eval(summary["eval"])
-
-
-def _load_run(run: str):
-    from .config import RecipeConfig, from_dict, load_yaml
-    from .model import MultimodalLM
-
-    run_dir = Path(run)
-    if not (run_dir / "model" / "mmtune_config.json").exists():
-        raise SystemExit(f"{run_dir} holds no trained model (expected {run_dir}/model/mmtune_config.json)")
-    cfg = from_dict(RecipeConfig, load_yaml(run_dir / "config.yaml"), f"{run_dir / 'config.yaml'}: ")
-    return cfg, MultimodalLM.from_pretrained(run_dir / "model")
+        recipe.print_eval(summary["eval"])
 
 
 def _eval(args) -> None:
-    from .diffusion.cli import eval_edit_run, is_edit_run
-    from .recipes.common import evaluate_run, write_json
+    from .train.run import recipe_of
 
-    if is_edit_run(args.run):  # a diffusers pipeline: edit success, not QA accuracy
-        eval_edit_run(args.run, args.data)
-        return
-    cfg, model = _load_run(args.run)
-    data = Path(args.data) if args.data else Path(cfg.data_dir or ".") / cfg.eval.data
-    result = evaluate_run(model, cfg, data)
-    write_json(Path(args.run) / "eval.json", result)
-    _print_eval(result)
-
-
-def _print_eval(result: dict) -> None:
-    if "edit_success" in result:  # instruct_pix2pix's eval.json
-        from .diffusion.evaluate import print_edit_eval
-
-        print_edit_eval(result)
-        return
-
-    def num(x) -> str:
-        return "-" if x is None else f"{x:.3f}"
-
-    print(f"{'question type':<16}{'n':>5}{'with media':>12}{'blank media':>13}{'chance':>8}")
-    for qtype, r in result["by_type"].items():
-        print(f"{qtype:<16}{r['n']:>5}{num(r['accuracy']):>12}{num(r['blank_media_accuracy']):>13}"
-              f"{num(r['chance']):>8}")
-    sep = ", ".join(result.get("reported_separately", [])) or "none"
-    print(f"{'overall':<16}{result['n']:>5}{num(result['accuracy']):>12}"
-          f"{num(result['blank_media_accuracy']):>13}{num(result['chance']):>8}   "
-          f"(splits reported separately: {sep})")
-    for probe in result.get("probes", []):  # e.g. shuffled_frames: media altered, same questions
-        print(f"{probe.replace('_', ' ')}: {num(result[f'{probe}_accuracy'])}")
+    name = recipe_of(args.run)
+    if name is None:
+        raise FileNotFoundError(f"{args.run} is not a run folder (no run.json): give the --output-dir of `mmtune train`")
+    recipe = _recipes().get(name)
+    recipe.print_eval(recipe.evaluate(Path(args.run), args.data))
 
 
 def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> str:
@@ -90,26 +54,32 @@ def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> s
 
 
 def _chat(args) -> None:
-    cfg, model = _load_run(args.run)
+    from .recipes.common import load_run
+
+    cfg, model = load_run(args.run)
     print(answer(model, cfg, args.image, args.question))
 
 
 def _zoo(args) -> None:
-    from .diffusion.cli import edit_zoo_rows, print_edit_zoo
     from .zoo import zoo_table
 
     rows = zoo_table()
-    edit_rows = edit_zoo_rows()  # diffusers image-editing presets: other parts, own table
+    recipes = _recipes()
+    extra = [r for name in recipes for r in (recipes.get(name).zoo_rows or list)()]  # e.g. image editing
     if args.json:
-        print(json.dumps(rows + edit_rows, indent=2))
+        print(json.dumps(rows + extra, indent=2))
         return
-    width = max(len(r["name"]) for r in rows) + 2
+    width = max(len(r["name"]) for r in rows + extra) + 2
     print(f"{'preset':<{width}}{'total':>16}{'llm':>16}{'encoders':>14}{'projectors':>14}")
     for r in rows:
         enc = sum(v for k, v in r.items() if k.startswith("encoder."))
         proj = sum(v for k, v in r.items() if k.startswith("projector."))
         print(f"{r['name']:<{width}}{r['total']:>16,}{r['llm']:>16,}{enc:>14,}{proj:>14,}")
-    print_edit_zoo(edit_rows)
+    if extra:  # presets of other parts (a UNet, a VAE, ...): one column per part
+        parts = [k for k in extra[0] if k not in ("name", "total")]
+        print(f"\n{'preset':<{width}}{'total':>16}" + "".join(f"{k:>16}" for k in parts))
+        for r in extra:
+            print(f"{r['name']:<{width}}{r['total']:>16,}" + "".join(f"{r[k]:>16,}" for k in parts))
 
 
 def _synth(args) -> None:
@@ -127,8 +97,9 @@ def _synth(args) -> None:
 
 def _demo(args) -> None:
     from .synth.shapes import generate
-    from .recipes.common import load_recipe_config
+    from .recipes.common import load_recipe_config, load_run
     from .recipes.llava import main as llava
+    from .train.evaluate import print_qa_eval
 
     out = Path(args.out)
     t0 = time.perf_counter()
@@ -138,8 +109,8 @@ def _demo(args) -> None:
     cfg = load_recipe_config("llava", "tiny", [f"data_dir={out / 'data'}", *args.overrides])
     summary = llava(cfg, out / "run", resume=False)
     print(f"3/3 held-out questions on images the model has never seen ({time.perf_counter() - t0:.0f}s so far)")
-    _print_eval(summary["eval"])
-    cfg2, model = _load_run(str(out / "run"))
+    print_qa_eval(summary["eval"])
+    cfg2, model = load_run(out / "run")
     print("\nsample chat (held-out images):")
     for ex in summary["eval"]["examples"][:4]:
         image = ex["media"]["image"][0]
@@ -152,6 +123,7 @@ def _demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtune", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe")
@@ -161,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data directory (sets data_dir)")
     t.add_argument("--stage", help="run only this stage")
     t.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output dir")
+    t.add_argument("--fresh", action="store_true",
+                   help="with --stage: build the model from the config instead of the previous stage's")
     t.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     t.set_defaults(fn=_train)
 
@@ -208,7 +182,26 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    args.fn(args)
+    if args.debug:
+        args.fn(args)
+        return
+    try:
+        args.fn(args)
+    except _user_errors() as e:
+        # A user's mistake (config, data, run folder) or a stopped run: one line, not a traceback.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"mmtune: error: {message}  (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .train.checkpoint import CheckpointError
+    from .train.stage import BadDataError, NonFiniteError
+
+    # ConfigError, RecordError, MediaError, SampleError and PlaceholderMismatchError are ValueErrors;
+    # KeyError: an unknown registry name (recipe, encoder, projector, preset).
+    return (ValueError, KeyError, FileNotFoundError, NotADirectoryError, CheckpointError, NonFiniteError,
+            BadDataError)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -122,7 +122,10 @@ def from_dict(cls: type[T], data: dict, where: str = "config: ") -> T:
             f"valid keys: {', '.join(fields)}"
         )
     kwargs = {k: _convert(hints[k], v, _key(where, k)) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a range check in __post_init__: "key: must be ..."
+        raise ConfigError(_key(where, str(e))) from None
 
 
 def to_dict(cfg: Any) -> Any:
@@ -191,6 +194,27 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def check_range(cfg: Any, low: float, *names: str, strict: bool = False, high: float | None = None) -> None:
+    """Range checks that configs run in __post_init__; the error names the key (from_dict adds
+    the path and file)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if value < low or (strict and value == low) or (high is not None and value > high):
+            bound = f"> {low}" if strict else f">= {low}"
+            bound += "" if high is None else f" and <= {high}"
+            raise ConfigError(f"{name}: must be {bound}, got {value!r}")
+
+
+# Enum-like values, each defined once.
+MixedPrecision = Literal["no", "bf16", "fp16"]  # as accelerate names them
+OnBadSample = Literal["error", "skip"]
+Task = Literal["conversation", "caption", "single_turn"]
+Schedule = Literal["cosine", "linear", "constant"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
 # ---------------------------------------------------------------------------------------
 # The configs themselves. Defaults live here and only here.
 # ---------------------------------------------------------------------------------------
@@ -234,8 +258,8 @@ class LoraConfig:
 class LLMConfig:
     path: str | None = None  # HF model dir; None builds from `arch` at random init
     arch: dict[str, Any] = field(default_factory=dict)  # HF config kwargs incl. model_type
-    dtype: str = "float32"
-    quantize: str | None = None  # "nf4" loads 4-bit weights through bitsandbytes
+    dtype: Dtype = "float32"
+    quantize: Literal["nf4"] | None = None  # "nf4" loads 4-bit weights through bitsandbytes
     # With quantize: nf4, the input embedding and lm_head in NF4 too (one storage when tied).
     # Off by default, as in QLoRA; worth it where the vocabulary is a large share of the model.
     quantize_embeddings: bool = False
@@ -246,7 +270,7 @@ class LLMConfig:
 class TokenizerConfig:
     # "auto": AutoTokenizer from `path` (or the LLM's path);
     # "synthetic": mmtune's word-level tokenizer over its synthetic tasks' vocabulary.
-    type: str = "auto"
+    type: Literal["auto", "synthetic"] = "auto"
     path: str | None = None
     chat_template: str | None = None  # a name in mmtune.data.text.chat.TEMPLATES; None = tokenizer's own
 
@@ -268,28 +292,47 @@ class StageConfig:
     train: list[str] = field(default_factory=lambda: ["projector"])  # projector|llm|encoder
     lr: float = 1e-3
     max_steps: int = 100
+    epochs: float | None = None  # when set, the stage runs this many passes over its data instead
+    lr_schedule: Schedule = "cosine"  # after linear warmup: cosine to lr * min_lr_ratio, linear to 0, constant
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     batch_size: int = 8
     grad_accum: int = 1
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    max_grad_norm: float = 1.0
-    task: str = "conversation"  # | "caption" (LLaVA alignment) | "single_turn" (one example per exchange)
+    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still checked for NaN/inf)
+    # conversation | caption (LLaVA alignment: instruction text dropped) | single_turn (one
+    # example per exchange, InstructBLIP)
+    task: Task = "conversation"
     chat_template: str | None = None  # a name in mmtune.data.text.chat.TEMPLATES; None = tokenizer's
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, "max_steps", "batch_size", "grad_accum")
+        check_range(self, 0, "lr", "epochs", strict=True)
+        check_range(self, 0, "warmup_steps", "weight_decay", "max_grad_norm")
+        check_range(self, 0, "min_lr_ratio", high=1)
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
-    mixed_precision: str = "no"  # no | bf16 | fp16 (as accelerate names them)
+    mixed_precision: MixedPrecision = "no"
     max_length: int = 512
     packing: bool = False  # several examples per row, no attention across them
     log_every: int = 10
     save_every: int = 0  # 0: only at the end of a stage
-    on_bad_sample: str = "error"  # error | skip
+    keep_last: int = 0  # keep only the newest N checkpoints of a stage (0: all)
+    on_bad_sample: OnBadSample = "error"  # skip: bad records are dropped and counted
+    max_bad_fraction: float = 0.1  # with skip: more bad records than this share stops the run
+    on_nonfinite: OnBadSample = "error"  # a NaN/inf loss or gradient: stop, or skip the update
+    max_nonfinite_steps: int = 10  # with skip: more skipped updates than this stops the run
     num_workers: int = 0
     threads: int = 0  # torch threads on CPU; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, "max_length", "log_every")
+        check_range(self, 0, "save_every", "keep_last", "max_nonfinite_steps", "num_workers", "threads")
+        check_range(self, 0, "max_bad_fraction", high=1)
 
 
 @dataclass
@@ -300,11 +343,32 @@ class EvalConfig:
     limit: int = 0  # 0: all questions
     separate_splits: list[str] = field(default_factory=list)  # scored, but outside `accuracy`
 
+    def __post_init__(self) -> None:
+        check_range(self, 1, "max_new_tokens", "batch_size")
+        check_range(self, 0, "limit")
+
 
 @dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data_dir: str | None = None
+    data_dir: str | None = None  # a folder of JSONL files (stages name theirs), or one JSONL file
     stages: dict[str, StageConfig] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Shorthands that set every stage's value (`mmtune train ... max_steps=5`).
+    max_steps: int | None = None
+    epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        apply_shorthands(self)
+
+
+def apply_shorthands(cfg) -> None:
+    """A recipe config's top-level `max_steps` / `epochs` set every stage's."""
+    check_range(cfg, 1, "max_steps")
+    check_range(cfg, 0, "epochs", strict=True)
+    for stage in cfg.stages.values():
+        if cfg.max_steps is not None:
+            stage.max_steps, stage.epochs = cfg.max_steps, None
+        if cfg.epochs is not None:
+            stage.epochs = cfg.epochs

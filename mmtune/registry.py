@@ -5,7 +5,9 @@ substrings of names, so `mmtune zoo` and error messages can list exactly what ex
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -43,10 +45,24 @@ class Registry(Generic[F]):
         return sorted(self._builders)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe and what the command line needs to run it and read its runs, so the
+    CLI has no recipe-specific branches. Calling it runs it."""
+
+    # (cfg, run_dir, stages=None, resume=True, evaluate=True, stop_after=None) -> summary
+    run: Callable[..., dict]
+    load_config: Callable[[str, list[str]], Any]  # (packaged name or YAML path, overrides) -> config
+    evaluate: Callable[[Path, str | None], dict]  # (run dir, data file or None) -> eval.json's content
+    print_eval: Callable[[dict], None]
+    configs: Callable[[], list[str]]  # the packaged config names
+    zoo_rows: Callable[[], list[dict]] | None = None  # presets with parameter counts, beyond the zoo's
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return self.run(*args, **kwargs)
+
+
 ENCODERS: Registry = Registry("encoder")
 PROJECTORS: Registry = Registry("projector")
 PRESETS: Registry = Registry("preset")
-RECIPES: Registry = Registry("recipe")
-# Recipes whose config is not a RecipeConfig (e.g. instruct_pix2pix, a diffusers model) register
-# their loader `(name_or_path, overrides) -> config` here; the others use load_recipe_config.
-RECIPE_CONFIGS: Registry = Registry("recipe config loader")
+RECIPES: Registry[Recipe] = Registry("recipe")

@@ -44,9 +44,10 @@ def test_chat_answers(trained, capsys):
     image = data / "images" / "test_00000.png"
     cli(["chat", str(run), "--image", str(image), "what colour is the shape ?"])
     printed = capsys.readouterr().out.strip()
-    from mmtune.cli import _load_run, answer
+    from mmtune.cli import answer
+    from mmtune.recipes.common import load_run
 
-    cfg, model = _load_run(str(run))
+    cfg, model = load_run(run)
     assert printed == answer(model, cfg, str(image), "what colour is the shape ?")  # greedy: repeatable
 
 
@@ -59,16 +60,23 @@ def test_single_stage_continues_from_the_previous_stage(trained, tmp_path, capsy
     assert rows[-1]["stage"] == "finetune" and rows[-1]["step"] == 3
 
 
-def test_unknown_override_key_is_an_error(trained, tmp_path):
+def test_unknown_override_key_is_an_error(trained, tmp_path, capsys):
     data, _ = trained
-    with pytest.raises(ConfigError, match="lrr"):
+    with pytest.raises(SystemExit) as exit_:  # a user error: one line, exit 2, no traceback
         cli(["train", "llava", "--config", "tiny", "--output-dir", str(tmp_path), "--data", str(data),
+             "stages.finetune.lrr=1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "stages.finetune" in err and "'lrr'" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match="lrr"):  # --debug: the exception itself
+        cli(["--debug", "train", "llava", "--config", "tiny", "--output-dir", str(tmp_path), "--data", str(data),
              "stages.finetune.lrr=1"])
 
 
-def test_eval_of_an_empty_dir_says_what_is_missing(tmp_path):
-    with pytest.raises(SystemExit, match="no trained model"):
+def test_eval_of_an_empty_dir_says_what_is_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         cli(["eval", str(tmp_path)])
+    assert exit_.value.code == 2 and "not a run folder" in capsys.readouterr().err
 
 
 def test_zoo_lists_presets(capsys):

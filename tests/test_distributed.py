@@ -50,4 +50,4 @@ def test_two_process_run(tmp_path):
         batch = collate([dataset[i] for i in plan.indices(0)], model.tokenizer.pad_token_id)
         per_rank.append(batch.num_loss_tokens())
     assert min(per_rank) > 0
-    assert rows[2]["supervised_tokens"] == sum(per_rank)
+    assert rows[2]["loss_count"] == sum(per_rank)

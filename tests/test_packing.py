@@ -8,7 +8,8 @@ from mmtune.data.collate import collate, pack
 from mmtune.synth.shapes import generate as generate_shapes
 from mmtune.synth.text import generate as generate_text
 from mmtune.model import MultimodalLM
-from mmtune.recipes.common import load_recipe_config, seed_everything, training_data
+from mmtune.recipes.common import load_recipe_config, training_data
+from mmtune.train.run import seed_everything
 from mmtune.train.loop import loss_sum
 
 from conftest import SMALL

@@ -14,7 +14,7 @@ from mmtune.config import ConfigError
 from mmtune.data.formats.records import RecordError
 from mmtune.synth.edits import generate
 from mmtune.diffusion.components import EditComponents, build_components, count_parameters, load_pipeline
-from mmtune.diffusion.config import load_edit_config
+from mmtune.recipes.instruct_pix2pix import load_edit_config
 from mmtune.diffusion.data import read_triplets
 from mmtune.diffusion.evaluate import score_edit
 from mmtune.diffusion.objective import conditioning_dropout
@@ -23,8 +23,8 @@ from mmtune.recipes.instruct_pix2pix import main as pix2pix
 # The tiny config shrunk further: 16 px, two UNet levels, a handful of steps.
 SMALL = ["model.unet.sample_size=16", "model.unet.block_out_channels=[8,16]",
          "model.unet.down_block_types=[DownBlock2D,CrossAttnDownBlock2D]",
-         "model.unet.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]", "train.resolution=16",
-         "train.batch_size=4", "train.max_steps=3", "train.log_every=1", "train.warmup_steps=0",
+         "model.unet.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]", "edit.resolution=16",
+         "stages.train.batch_size=4", "max_steps=3", "train.log_every=1", "stages.train.warmup_steps=0",
          "eval.num_inference_steps=2", "eval.batch_size=8", "eval.grid_rows=2"]
 
 
@@ -121,14 +121,14 @@ def test_hf_datasets_folder_matches_jsonl(tmp_path, edits):
 
 def test_run_resume_pipeline_and_cli(tmp_path, edits):
     run = tmp_path / "run"
-    cfg = load_edit_config("tiny", [*SMALL, f"data_dir={edits}", "train.ema_decay=0.9",
+    cfg = load_edit_config("tiny", [*SMALL, f"data_dir={edits}", "edit.ema_decay=0.9",
                                     "train.save_every=2"])
     partial = pix2pix(cfg, run, stop_after=2)
     assert partial["steps"] == 2 and not (run / "model").exists()
     summary = pix2pix(cfg, run, evaluate=False)  # resumes at step 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and summary["ema"]
-    assert (run / "train" / "checkpoint-3" / "ema.pt").exists() and (run / "config.yaml").exists()
+    assert (run / "train" / "checkpoint-3" / "hooks.safetensors").exists() and (run / "config.yaml").exists()
 
     # The run is a plain diffusers pipeline with separate text and image guidance.
     pipe = load_pipeline(run / "model")
@@ -151,7 +151,7 @@ def test_cli_train_and_synth(tmp_path):
     data = tmp_path / "data"
     cli(["data", "synth", "edits", "--out", str(data), "--n-train", "8", "--n-test", "2"])
     cli(["train", "instruct_pix2pix", "--config", "tiny", "--output-dir", str(tmp_path / "run"),
-         "--data", str(data), *SMALL, "train.max_steps=1", "eval.limit=1"])
+         "--data", str(data), *SMALL, "max_steps=1", "eval.limit=1"])
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["n"] == 1
 
 

@@ -73,6 +73,6 @@ def test_skip_drops_and_counts_through_a_stage(clean_dir, tmp_path):
 
     summary = RECIPES.get("video_llama")(
         config(data, "skip", "stages.finetune.batch_size=8", "stages.finetune.max_steps=1"),
-        tmp_path / "run", stages=["finetune"], evaluate=False)
+        tmp_path / "run", stages=["finetune"], evaluate=False, fresh=True)
     counted = summary["stages"]["finetune"]["data"]
     assert counted["examples"] == 8 - len(BROKEN) and counted["dropped"] == len(BROKEN)

@@ -9,11 +9,6 @@ from pathlib import Path
 ZOO = {"instruct-pix2pix-sd15": "instruct-pix2pix-sd15", "tiny-instruct-pix2pix": "tiny"}  # name -> config
 
 
-def is_edit_run(run: str | Path) -> bool:
-    """A run whose model/ is a diffusers pipeline (the instruct_pix2pix recipe's output)."""
-    return (Path(run) / "model" / "model_index.json").exists()
-
-
 def _pipeline_dir(run: Path) -> Path:
     for candidate in (run / "model", run):
         if (candidate / "model_index.json").exists():
@@ -34,7 +29,7 @@ def _edit(args) -> None:
     ec, resolution = EditEvalConfig(), None
     if (run / "config.yaml").exists():
         cfg = edit_config_from_run(run)
-        ec, resolution = cfg.eval, cfg.train.resolution
+        ec, resolution = cfg.eval, cfg.edit.resolution
     image = load_image(args.image, "--image")
     if resolution and image.size != (resolution, resolution):
         image = image.resize((resolution, resolution), Image.BICUBIC)  # the size it was trained at
@@ -62,18 +57,6 @@ def add_edit_parser(sub) -> None:
     p.set_defaults(fn=_edit)
 
 
-def eval_edit_run(run: str | Path, data: str | None = None) -> dict:
-    """`mmtune eval RUN` for an instruct_pix2pix run: eval.json + eval_grid.png in RUN."""
-    from .config import edit_config_from_run
-    from .evaluate import evaluate_edit_run, print_edit_eval
-
-    cfg = edit_config_from_run(run)
-    data_file = Path(data) if data else Path(cfg.data_dir or ".") / cfg.eval.data
-    result = evaluate_edit_run(run, cfg, data_file)
-    print_edit_eval(result)
-    return result
-
-
 def edit_zoo_rows() -> list[dict]:
     """Image-editing presets (the recipe's packaged configs) with meta-device parameter counts;
     none without diffusers (an optional dependency: `pip install -e ".[diffusion]"`)."""
@@ -81,10 +64,13 @@ def edit_zoo_rows() -> list[dict]:
 
     if importlib.util.find_spec("diffusers") is None:
         return []
+    from ..config import load_yaml, from_dict
     from .components import count_parameters
-    from .config import load_edit_config
+    from .config import EditModelConfig
 
-    return [{"name": name, **count_parameters(load_edit_config(config).model)} for name, config in ZOO.items()]
+    configs = Path(__file__).parent.parent / "recipes" / "configs" / "instruct_pix2pix"
+    return [{"name": name, **count_parameters(from_dict(EditModelConfig, load_yaml(configs / f"{config}.yaml")["model"]))}
+            for name, config in ZOO.items()]
 
 
 def print_edit_zoo(rows: list[dict]) -> None:

@@ -30,6 +30,10 @@ class EditComponents:
     tokenizer: PreTrainedTokenizerBase
     scheduler: DDPMScheduler  # the training noise schedule
 
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent position along each side (as diffusers' pipelines compute it)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     def pipeline(self) -> StableDiffusionInstructPix2PixPipeline:
         """The editing pipeline over these very modules (DDIM on the training schedule)."""
         return StableDiffusionInstructPix2PixPipeline(

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import from_dict, load_yaml, merge, parse_overrides
+from ..config import (ConfigError, StageConfig, TrainConfig, apply_shorthands, check_range, from_dict,
+                      load_yaml)
 
 
 @dataclass
@@ -31,30 +32,20 @@ class EditModelConfig:
 
 
 @dataclass
-class EditTrainConfig:
-    data: str = "train.jsonl"  # JSONL of triplets, or a local HF `datasets` folder (under data_dir)
+class EditConfig:
+    """What InstructPix2Pix adds to the shared stage and train settings."""
+
     resolution: int = 256
     random_flip: bool = False  # flip input and target together (the paper's augmentation)
-    lr: float = 1e-4
-    max_steps: int = 10_000
-    warmup_steps: int = 0
-    min_lr_ratio: float = 1.0  # cosine decays to lr * min_lr_ratio; 1.0 = constant
-    batch_size: int = 4
-    grad_accum: int = 1
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    max_grad_norm: float = 1.0
     # The paper drops the text only, the image only, and both, each for this share of
     # samples, so one model gives the three predictions classifier-free guidance needs.
     conditioning_dropout: float = 0.05
     ema_decay: float = 0.0  # > 0 keeps an EMA of the UNet weights and saves it as the model
-    seed: int = 0
-    mixed_precision: str = "no"  # no | bf16 | fp16 (as accelerate names them)
-    log_every: int = 10
-    save_every: int = 0  # 0: only at the end
-    threads: int = 0  # torch threads on CPU; 0 keeps torch's default
-    num_workers: int = 0
-    on_bad_sample: str = "error"  # error | skip (bad JSONL lines; undecodable images always error)
+
+    def __post_init__(self) -> None:
+        check_range(self, 1, "resolution")
+        check_range(self, 0, "conditioning_dropout", high=1 / 3)
+        check_range(self, 0, "ema_decay", high=1)
 
 
 @dataclass
@@ -69,21 +60,32 @@ class EditEvalConfig:
     seed: int = 0
 
 
+STAGE = "train"  # the recipe's one stage: it trains the UNet
+
+
+def _one_stage() -> dict[str, StageConfig]:
+    return {STAGE: StageConfig(train=["unet"], lr=1e-4, max_steps=10_000, warmup_steps=0, min_lr_ratio=1.0,
+                               batch_size=4)}
+
+
 @dataclass
 class EditRecipeConfig:
     model: EditModelConfig = field(default_factory=EditModelConfig)
     data_dir: str | None = None
-    train: EditTrainConfig = field(default_factory=EditTrainConfig)
+    # The shared stage settings (data file or `datasets` folder under data_dir, lr, steps,
+    # batch, schedule) and train settings (seed, precision, logging, checkpoints, bad data).
+    stages: dict[str, StageConfig] = field(default_factory=_one_stage)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
     eval: EditEvalConfig = field(default_factory=EditEvalConfig)
+    max_steps: int | None = None  # shorthand: the stage's max_steps
+    epochs: float | None = None
 
-
-def load_edit_config(name_or_path: str, overrides: list[str] = ()) -> EditRecipeConfig:
-    """`tiny` -> the packaged configs/instruct_pix2pix/tiny.yaml; anything else is a path."""
-    from ..recipes.common import config_path
-
-    path = config_path("instruct_pix2pix", name_or_path)
-    data = merge(load_yaml(path), parse_overrides(list(overrides)))
-    return from_dict(EditRecipeConfig, data, f"{path}: ")
+    def __post_init__(self) -> None:
+        if list(self.stages) != [STAGE] or self.stages[STAGE].train != ["unet"]:
+            raise ConfigError(f"stages: instruct_pix2pix has one stage, {STAGE!r}, with train: [unet]; "
+                              f"got {({k: v.train for k, v in self.stages.items()})}")
+        apply_shorthands(self)
 
 
 def edit_config_from_run(run_dir: str | Path) -> EditRecipeConfig:

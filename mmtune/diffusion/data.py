@@ -106,7 +106,8 @@ def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
 
 
 class TripletDataset(torch.utils.data.Dataset):
-    """(original [3,R,R], edited [3,R,R], instruction ids [L]); the same resize for both images."""
+    """(original [3,R,R], edited [3,R,R], instruction ids [L], record id); the same resize for
+    both images."""
 
     def __init__(self, triplets: list[Triplet], tokenizer, resolution: int, random_flip: bool = False) -> None:
         self.triplets, self.tokenizer, self.resolution = triplets, tokenizer, resolution
@@ -115,13 +116,13 @@ class TripletDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.triplets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
         t = self.triplets[i]
         ids = tokenize(self.tokenizer, [t.prompt])[0]
         original, edited = to_tensor(t.original(), self.resolution), to_tensor(t.edited(), self.resolution)
         if self.random_flip and torch.rand(()) < 0.5:  # the global RNG: checkpoints restore it
             original, edited = original.flip(-1), edited.flip(-1)
-        return original, edited, ids
+        return original, edited, ids, t.id
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:

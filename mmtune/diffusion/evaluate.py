@@ -19,6 +19,7 @@ from ..synth.shapes_draw import BACKGROUND, COLOUR_RGB
 from ..synth.edits import REMOVED, shape_mask
 from .components import build_components, load_pipeline
 from .config import EditEvalConfig, EditRecipeConfig
+from ..train.run import seed_everything, write_json
 from .data import Triplet, read_triplets
 
 PALETTE: dict[str, tuple[int, int, int]] = {**COLOUR_RGB, REMOVED: BACKGROUND}
@@ -88,13 +89,11 @@ def evaluate_edit_run(run_dir: str | Path, cfg: EditRecipeConfig, data_file: str
     """Edit every held-out triplet with the saved pipeline (run_dir/model) and with the same
     architecture at its initialisation (same seed: what training started from); write
     eval.json and eval_grid.png into the run directory."""
-    from ..recipes.common import seed_everything, write_json
-
     run_dir, ec = Path(run_dir), cfg.eval
     triplets, _ = read_triplets(data_file)
     if ec.limit:
         triplets = triplets[: ec.limit]
-    resolution = cfg.train.resolution
+    resolution = cfg.edit.resolution
     trained = edit_images(load_pipeline(run_dir / "model", device), triplets, ec, resolution)
     seed_everything(cfg.train.seed)
     untrained_pipe = build_components(cfg.model).pipeline().to(device)

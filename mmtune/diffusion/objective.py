@@ -50,7 +50,7 @@ def diffusion_target(parts: EditComponents, z0: torch.Tensor, noise: torch.Tenso
 
 def edit_loss(parts: EditComponents, unet, original: torch.Tensor, edited: torch.Tensor,
               ids: torch.Tensor, null_text: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Mean squared error of one micro-batch; `unet` may be the DDP-wrapped parts.unet.
+    """Each sample's mean squared error [B]; `unet` may be the DDP-wrapped parts.unet.
     `null_text` [1, L, D] is the encoding of the empty instruction (what guidance uses)."""
     z0, image = encode_images(parts, original, edited)
     bsz = z0.shape[0]
@@ -64,4 +64,5 @@ def edit_loss(parts: EditComponents, unet, original: torch.Tensor, edited: torch
         text = torch.where(drop_text[:, None, None], null_text.to(text.dtype), text)
         image = image * (~drop_image).to(image.dtype)[:, None, None, None]  # zeros, as at inference
     pred = unet(torch.cat([z_t, image], dim=1), t, encoder_hidden_states=text).sample
-    return F.mse_loss(pred.float(), diffusion_target(parts, z0, noise, t).float())
+    err = F.mse_loss(pred.float(), diffusion_target(parts, z0, noise, t).float(), reduction="none")
+    return err.mean(dim=(1, 2, 3))  # [B]

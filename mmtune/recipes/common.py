@@ -1,23 +1,26 @@
-"""What the MultimodalLM recipes share: config loading, the run directory, data, evaluation."""
+"""What the MultimodalLM recipes share: config loading, data, evaluation, and their `Recipe`."""
 from __future__ import annotations
 
-import json
-import random
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
-import torch
-
-from ..config import RecipeConfig, from_dict, load_yaml, merge, parse_overrides, save_yaml
-from ..data.text.chat import resolve_template
+from ..config import RecipeConfig, StageConfig, from_dict, load_yaml, merge, parse_overrides
 from ..data.collate import ExampleBuilder, MediaTransform, RecordDataset, collate, pack
-from ..data.text.instructions import split_turns
 from ..data.formats.records import read_records
+from ..data.text.chat import resolve_template
+from ..data.text.instructions import split_turns
 from ..model import MultimodalLM
-from ..train.evaluate import ShuffledFrames, evaluate_qa
+from ..registry import Recipe
+from ..train.evaluate import ShuffledFrames, evaluate_qa, print_qa_eval
+from ..train.run import write_json
 from ..zoo import resolve_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def packaged_configs(recipe: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / recipe).glob("*.yaml"))
 
 
 def config_path(recipe: str, name_or_path: str) -> Path:
@@ -26,38 +29,41 @@ def config_path(recipe: str, name_or_path: str) -> Path:
     if packaged.exists():
         return packaged
     path = Path(name_or_path)
-    if not path.exists():
-        known = sorted(p.stem for p in (CONFIG_DIR / recipe).glob("*.yaml"))
-        raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor one of {known}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config {name_or_path!r} is neither a YAML file nor one of {recipe}'s "
+                                f"packaged configs {packaged_configs(recipe)}")
     return path
 
 
-def load_recipe_config(recipe: str, name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
+def load_config(cls, recipe: str, name_or_path: str, overrides: list[str] = ()):
+    """Defaults of `cls` <- the recipe's YAML <- `key.path=value` overrides, strictly typed."""
     path = config_path(recipe, name_or_path)
     data = merge(load_yaml(path), parse_overrides(list(overrides)))
-    if "model" in data:
+    if cls is RecipeConfig and "model" in data:
         data["model"] = resolve_model(data["model"])
-    return from_dict(RecipeConfig, data, f"{path}: ")
+    return from_dict(cls, data, f"{path}: ")
 
 
-def make_accelerator(mixed_precision: str):
-    """Without a GPU, say so: accelerate then joins `torchrun` / `accelerate launch --multi_gpu`
-    processes over gloo (multi-CPU) instead of running each one alone."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
-        # accelerate keeps one precision per process; a process that runs several recipes
-        # (the test suite, a notebook) must drop that singleton to change it. The process
-        # group (PartialState) is kept.
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+def load_recipe_config(recipe: str, name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
+    return load_config(RecipeConfig, recipe, name_or_path, overrides)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def stage_data(cfg, stage: StageConfig) -> Path:
+    """The stage's data file: `data_dir/<stage.data>`, or `data_dir` itself when it is a file."""
+    if cfg.data_dir is None:
+        raise FileNotFoundError("no data: give --data DIR (or a JSONL file), or set data_dir")
+    root = Path(cfg.data_dir)
+    if root.is_file():
+        return root
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir {root} does not exist")
+    return root / stage.data
+
+
+def eval_data(cfg) -> Path:
+    """The held-out file: `eval.data` beside the training data."""
+    root = Path(cfg.data_dir or ".")
+    return (root.parent if root.is_file() else root) / cfg.eval.data
 
 
 def example_builder(model: MultimodalLM, cfg: RecipeConfig, template_name: str | None,
@@ -71,18 +77,11 @@ def example_builder(model: MultimodalLM, cfg: RecipeConfig, template_name: str |
                           blank_media=blank, media_transform=media_transform or {})
 
 
-TASKS = ("conversation", "caption", "single_turn")
-
-
 def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, template: str | None,
-                  task: str = "conversation", where: str = "stage.task"):
+                  task: str = "conversation"):
     """`task`: "conversation" trains whole conversations; "caption" is LLaVA's alignment
     pretraining (instruction text dropped); "single_turn" splits conversations into one
     example per exchange (InstructBLIP: each instruction reaches the Q-Former)."""
-    if cfg.train.on_bad_sample not in ("error", "skip"):
-        raise ValueError(f"train.on_bad_sample: {cfg.train.on_bad_sample!r} is not 'error' or 'skip'")
-    if task not in TASKS:
-        raise ValueError(f"{where}: {task!r} is not one of {list(TASKS)}")
     records, bad = read_records(data_file, skip_bad=cfg.train.on_bad_sample == "skip")
     if bad:
         print(f"skipped {len(bad)} bad record(s) in {data_file}, e.g. {bad[0]}")
@@ -91,8 +90,8 @@ def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, templ
     dataset = RecordDataset(records, example_builder(model, cfg, template, task == "caption"))
     pad = model.tokenizer.pad_token_id
     if cfg.train.packing:
-        return dataset, lambda examples: pack(examples, pad, cfg.train.max_length), len(bad)
-    return dataset, lambda examples: collate(examples, pad), len(bad)
+        return dataset, partial(pack, pad_id=pad, max_length=cfg.train.max_length), len(bad)
+    return dataset, partial(collate, pad_id=pad), len(bad)
 
 
 def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device="cpu") -> dict:
@@ -108,23 +107,25 @@ def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device
                        device, tuple(cfg.eval.separate_splits), probes)
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+def load_run(run_dir: str | Path) -> tuple[RecipeConfig, MultimodalLM]:
+    """A finished run's resolved config and trained model."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model" / "mmtune_config.json").exists():
+        raise FileNotFoundError(f"{run_dir} holds no trained model (expected {run_dir}/model/mmtune_config.json)")
+    cfg = from_dict(RecipeConfig, load_yaml(run_dir / "config.yaml"), f"{run_dir / 'config.yaml'}: ")
+    return cfg, MultimodalLM.from_pretrained(run_dir / "model")
 
 
-def save_config(cfg: RecipeConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
+def evaluate_saved_run(run_dir: Path, data: str | None = None) -> dict:
+    """`mmtune eval RUN`: held-out QA with and without media; writes RUN/eval.json."""
+    cfg, model = load_run(run_dir)
+    data_file = Path(data) if data else eval_data(cfg)
+    result = evaluate_run(model, cfg, data_file)
+    write_json(Path(run_dir) / "eval.json", result)
+    return result
 
 
-def start_run(cfg, train, run_dir: Path):
-    """What every recipe does first: the accelerator, torch threads, seeds, and the resolved
-    config (any config dataclass) in run_dir/config.yaml. `train` has mixed_precision,
-    threads and seed."""
-    accelerator = make_accelerator(train.mixed_precision)
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    seed_everything(train.seed)
-    if accelerator.is_main_process:
-        save_config(cfg, run_dir)
-    return accelerator
+def multimodal_recipe(name: str, run: Callable[..., dict]) -> Recipe:
+    """The `Recipe` of a MultimodalLM recipe: RecipeConfig, QA evaluation."""
+    return Recipe(run=run, load_config=partial(load_recipe_config, name), evaluate=evaluate_saved_run,
+                  print_eval=print_qa_eval, configs=partial(packaged_configs, name))

@@ -6,53 +6,62 @@ the VAE and CLIP text encoder stay frozen. Conditioning dropout (text, image, bo
 the unconditional predictions that classifier-free guidance with separate text and image
 scales needs. Optionally an EMA of the UNet weights is what gets saved.
 
-The run directory holds config.yaml, metrics.jsonl, train/checkpoint-<step>/ (a rerun
-resumes from the latest), model/ (a diffusers StableDiffusionInstructPix2PixPipeline),
-train_summary.json, eval.json and eval_grid.png. The same file runs on one process or under
-`accelerate launch` / `torchrun`.
+It trains on the loop every recipe shares (`mmtune.train.stage.run_stage`): this file only
+supplies the UNet, the diffusion objective and the EMA hook. The run directory holds
+config.yaml, metrics.jsonl, train/checkpoint-<step>/ (a rerun resumes from the latest),
+model/ (a diffusers StableDiffusionInstructPix2PixPipeline), train_summary.json, eval.json
+and eval_grid.png. The same file runs on one process or under `accelerate launch` / `torchrun`.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from ..diffusion.config import EditRecipeConfig, load_edit_config
-from ..registry import RECIPE_CONFIGS, RECIPES
-from .common import start_run, write_json
+from ..diffusion.config import STAGE, EditRecipeConfig, edit_config_from_run
+from ..registry import RECIPES, Recipe
+from ..train.run import start_run, write_json
+from ..train.stage import run_stage
+from .common import eval_data, load_config, packaged_configs, stage_data
 
 
-def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
-         resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
+def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
+         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
     # diffusers is an optional dependency (the `diffusion` extra) and slow to import: only
     # this recipe loads it, when it runs.
     from ..diffusion.components import build_components
     from ..diffusion.data import TripletDataset, read_triplets
     from ..diffusion.evaluate import evaluate_edit_run
-    from ..diffusion.loop import STAGE, train
+    from ..diffusion.train import EditObjective, EmaHook, collate_edits
 
     if stages not in (None, [STAGE]):
         raise ValueError(f"instruct_pix2pix has one stage, {STAGE!r}; got {stages}")
-    if cfg.data_dir is None:
-        raise ValueError("data_dir is not set (give --data DIR or data_dir=DIR)")
-    if cfg.train.on_bad_sample not in ("error", "skip"):
-        raise ValueError(f"train.on_bad_sample: {cfg.train.on_bad_sample!r} is not 'error' or 'skip'")
-
+    stage = cfg.stages[STAGE]
+    data_file = stage_data(cfg, stage)
     run_dir = Path(run_dir)
-    accelerator = start_run(cfg, cfg.train, run_dir)
+    accelerator = start_run("instruct_pix2pix", cfg, cfg.train, run_dir)
     parts = build_components(cfg.model)
     accelerator.print(_parameter_table(parts))
-    triplets, bad = read_triplets(Path(cfg.data_dir) / cfg.train.data, cfg.train.on_bad_sample == "skip")
+    triplets, bad = read_triplets(data_file, cfg.train.on_bad_sample == "skip")
     if bad:
         accelerator.print(f"skipped {len(bad)} bad line(s), e.g. {bad[0]}")
-    dataset = TripletDataset(triplets, parts.tokenizer, cfg.train.resolution, cfg.train.random_flip)
+    dataset = TripletDataset(triplets, parts.tokenizer, cfg.edit.resolution, cfg.edit.random_flip)
 
-    summary = train(parts, dataset, cfg.train, accelerator, run_dir, resume, stop_after)
-    summary["bad_records"] = len(bad)
-    if summary["steps"] < cfg.train.max_steps:  # stopped early on purpose: no model
+    device = accelerator.device
+    parts.vae.to(device)
+    parts.text_encoder.to(device)
+    parts.unet.requires_grad_(True)
+    hooks = (EmaHook(parts.unet, cfg.edit.ema_decay),) if cfg.edit.ema_decay > 0 else ()
+    summary = run_stage(STAGE, parts.unet, EditObjective(parts, cfg.edit.conditioning_dropout, device), dataset,
+                        collate_edits, stage, cfg.train, accelerator, run_dir, resume=resume,
+                        stop_after=stop_after, hooks=hooks)
+    summary.update(bad_records=len(bad), ema=bool(hooks))
+    if summary["steps"] < summary["max_steps"]:  # stopped early on purpose: no model
         return summary
     if accelerator.is_main_process:
+        parts.unet.to("cpu")
         parts.pipeline().save_pretrained(run_dir / "model")
         write_json(run_dir / "train_summary.json", summary)
-        test_file = Path(cfg.data_dir) / cfg.eval.data
+        test_file = eval_data(cfg)
         if evaluate and test_file.exists():
             summary["eval"] = evaluate_edit_run(run_dir, cfg, test_file, accelerator.device)
     accelerator.wait_for_everyone()
@@ -68,5 +77,26 @@ def _parameter_table(parts) -> str:
     return "\n".join(lines)
 
 
-RECIPES.register("instruct_pix2pix", main)
-RECIPE_CONFIGS.register("instruct_pix2pix", load_edit_config)
+def _evaluate(run_dir: Path, data: str | None = None) -> dict:
+    from ..diffusion.evaluate import evaluate_edit_run
+
+    cfg = edit_config_from_run(run_dir)
+    return evaluate_edit_run(run_dir, cfg, Path(data) if data else eval_data(cfg))
+
+
+def _print_eval(result: dict) -> None:
+    from ..diffusion.evaluate import print_edit_eval
+
+    print_edit_eval(result)
+
+
+def _zoo_rows() -> list[dict]:
+    from ..diffusion.cli import edit_zoo_rows
+
+    return edit_zoo_rows()
+
+
+load_edit_config = partial(load_config, EditRecipeConfig, "instruct_pix2pix")
+RECIPES.register("instruct_pix2pix", Recipe(
+    run=main, load_config=load_edit_config, evaluate=_evaluate,
+    print_eval=_print_eval, configs=partial(packaged_configs, "instruct_pix2pix"), zoo_rows=_zoo_rows))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
+from .common import multimodal_recipe
 from .stages import run_stages
 
 
@@ -31,10 +32,10 @@ def check_config(cfg: RecipeConfig) -> None:
             raise ValueError(f"stages.{name}.train: InstructBLIP keeps the vision encoder frozen")
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
-         resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
+def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
+         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
     check_config(cfg)
-    return run_stages(cfg, run_dir, stages, resume, evaluate, stop_after)
+    return run_stages("instructblip", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
 
 
-RECIPES.register("instructblip", main)
+RECIPES.register("instructblip", multimodal_recipe("instructblip", main))

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
+from .common import multimodal_recipe
 from .stages import run_stages
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
-         resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
+def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
+         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
     """Both stages are data (see configs/llava/*.yaml); the shared driver runs them."""
-    return run_stages(cfg, run_dir, stages, resume, evaluate, stop_after)
+    return run_stages("llava", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
 
 
-RECIPES.register("llava", main)
+RECIPES.register("llava", multimodal_recipe("llava", main))

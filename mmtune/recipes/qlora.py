@@ -10,11 +10,13 @@ from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
-from .sft import main as sft_main
+from .common import multimodal_recipe
+from .stages import run_stages
+from .sft import check_config as check_text_only
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
-         resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
+def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
+         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
     if cfg.model.llm.quantize != "nf4" or cfg.model.llm.lora.r <= 0:
         raise ValueError("qlora needs model.llm.quantize: nf4 and model.llm.lora.r > 0 "
                          f"(got quantize={cfg.model.llm.quantize!r}, lora.r={cfg.model.llm.lora.r})")
@@ -22,7 +24,8 @@ def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None
         raise ValueError("qlora quantises a saved base: set model.llm.path to a HF model directory "
                          "(a full-finetune sft run's <run>/model/llm, or `mmtune export RUN --merge` "
                          "output for a LoRA run)")
-    return sft_main(cfg, run_dir, stages, resume, evaluate, stop_after)
+    check_text_only(cfg)
+    return run_stages("qlora", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
 
 
-RECIPES.register("qlora", main)
+RECIPES.register("qlora", multimodal_recipe("qlora", main))

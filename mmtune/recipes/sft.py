@@ -10,15 +10,20 @@ from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
+from .common import multimodal_recipe
 from .stages import run_stages
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
-         resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
+def check_config(cfg: RecipeConfig) -> None:
     if cfg.model.encoders:
         raise ValueError("the sft recipe trains text-only models: model.encoders must be empty "
                          "(use the llava recipe for images)")
-    return run_stages(cfg, run_dir, stages, resume, evaluate, stop_after)
 
 
-RECIPES.register("sft", main)
+def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
+         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
+    check_config(cfg)
+    return run_stages("sft", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
+
+
+RECIPES.register("sft", multimodal_recipe("sft", main))

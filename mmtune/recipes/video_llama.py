@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
+from .common import multimodal_recipe
 from .stages import run_stages
 
 BRANCHES = ("video", "audio")
@@ -39,10 +40,10 @@ def check_config(cfg: RecipeConfig) -> None:
             raise ValueError(f"model.encoders.{modality}.trainable: Video-LLaMA keeps its encoders frozen")
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
-         resume: bool = True, evaluate: bool = True, stop_after: int | None = None) -> dict:
+def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
+         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
     check_config(cfg)
-    return run_stages(cfg, run_dir, stages, resume, evaluate, stop_after)
+    return run_stages("video_llama", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
 
 
-RECIPES.register("video_llama", main)
+RECIPES.register("video_llama", multimodal_recipe("video_llama", main))

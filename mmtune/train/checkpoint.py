@@ -1,56 +1,203 @@
-"""Checkpoints of what a stage changes: trainable weights, optimizer, scheduler, step, RNG.
+"""Checkpoints of what a stage changes, written so that a kill at any moment loses at most the
+work since the previous one, and loaded without running any code.
 
-Frozen weights are not written (they come from the model's own source), so a checkpoint of a
-projector-only stage is megabytes, not gigabytes. The data position is the step itself
-(see `BatchPlan`), so resuming needs no sampler state.
+    checkpoint-<step>/
+      trainable.safetensors   trainable weights (frozen ones come from the model's own source)
+      hooks.safetensors       hook state, e.g. the EMA weights
+      optimizer.pt            optimizer state: tensors and numbers only (loads weights_only=True)
+      scheduler.json          learning-rate schedule position
+      rank-<r>.json           each process's RNG states and data cursor
+      progress.json           {"step", "world"}: written last; its presence marks completeness
+
+A checkpoint is written into `.checkpoint-<step>.tmp`, every file fsynced, and renamed into
+place in one step; a complete checkpoint is never rewritten. `latest_checkpoint` skips (and
+says so) any checkpoint it cannot read and falls back to the one before.
 """
 from __future__ import annotations
 
+import base64
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-STATE = "trainable.safetensors"
+WEIGHTS = "trainable.safetensors"
+HOOKS = "hooks.safetensors"
+OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.json"
+PROGRESS = "progress.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), path / STATE)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                        "numpy": np.random.get_state()}}, path / "state.pt")
-    (path / "progress.json").write_text(json.dumps({"step": step, **(extra or {})}))
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Restore in place; returns the step to continue from."""
-    state = load_file(path / STATE)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- RNG
+def rng_state() -> dict:
+    """Every generator training draws from, as JSON (no pickle)."""
+    np_state = np.random.get_state()
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+             "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])]}
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    def tensor(b64: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------- save
+def tmp_dir(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp"
+
+
+def begin_save(path: Path) -> Path:
+    """Main process, before anyone writes: a fresh temporary folder for `path`."""
+    tmp = tmp_dir(path)
+    if tmp.exists():  # left by a killed save
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_rank_state(tmp: Path, rank: int, cursor: int) -> None:
+    """Every process: its RNG states and how far it has read its share of the data."""
+    _fsync_write(tmp / f"rank-{rank}.json", json.dumps({"cursor": cursor, "rng": rng_state()}).encode())
+
+
+def write_main_state(tmp: Path, model, optimizer, scheduler, hooks: dict[str, torch.Tensor]) -> None:
+    """Main process: weights, optimizer and schedule (processes hold the same ones under DDP)."""
+    save_file(trainable_state(model), tmp / WEIGHTS)
+    if hooks:
+        save_file({k: v.detach().contiguous().cpu() for k, v in hooks.items()}, tmp / HOOKS)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    _fsync_write(tmp / SCHEDULER, json.dumps(scheduler.state_dict()).encode())
+    for f in (WEIGHTS, HOOKS, OPTIMIZER):
+        if (tmp / f).exists():
+            _fsync(tmp / f)
+
+
+def finish_save(tmp: Path, path: Path, step: int, world: int) -> None:
+    """Main process, after every process wrote: the progress marker, then one rename."""
+    _fsync_write(tmp / PROGRESS, json.dumps({"step": step, "world": world}).encode())
+    _fsync(tmp)
+    if path.exists():  # an unreadable leftover (a complete one is never rewritten)
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+# --------------------------------------------------------------------------- load
+def step_of(path: Path) -> int:
+    return int(path.name.split("-", 1)[1])
+
+
+def check_complete(path: Path, world: int) -> dict:
+    """progress.json of a checkpoint every file of which is present and readable, else raise."""
+    try:
+        progress = json.loads((path / PROGRESS).read_text())
+        if progress["step"] != step_of(path):
+            raise CheckpointError(f"step {progress['step']} in progress.json")
+        if progress["world"] != world:
+            raise CheckpointError(f"written by {progress['world']} process(es), this run has {world}; "
+                                  "resume on the same number of processes")
+        with safe_open(path / WEIGHTS, framework="pt"):
+            pass
+        for name in [OPTIMIZER, SCHEDULER] + [f"rank-{r}.json" for r in range(world)]:
+            if not (path / name).is_file() or (path / name).stat().st_size == 0:
+                raise CheckpointError(f"{name} is missing or empty")
+        return progress
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated JSON or safetensors header, missing file, ...
+        raise CheckpointError(f"{type(e).__name__}: {e}") from None
+
+
+def checkpoints(stage_dir: Path) -> list[Path]:
+    """checkpoint-<step> folders, newest first (temporary folders never match)."""
+    found = [p for p in Path(stage_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=step_of, reverse=True)
+
+
+def latest_checkpoint(stage_dir: Path, world: int = 1, say=print) -> Path | None:
+    """The newest complete checkpoint; an incomplete or unreadable one is skipped, with a word."""
+    for path in checkpoints(stage_dir):
+        try:
+            check_complete(path, world)
+            return path
+        except CheckpointError as e:
+            say(f"skipping checkpoint {path}: {e}")
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> tuple[int, int, dict[str, torch.Tensor]]:
+    """Restore in place; returns (step, this process's data cursor, hook state)."""
+    state = load_file(path / WEIGHTS)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
     unexpected = [n for n in state if n not in params]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the stage's trainable parameters: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise CheckpointError(f"checkpoint {path} does not match the stage's trainable parameters: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
-    other = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(other["optimizer"])
-    scheduler.load_state_dict(other["scheduler"])
-    torch.set_rng_state(other["rng"]["torch"])
-    random.setstate(other["rng"]["python"])
-    np.random.set_state(other["rng"]["numpy"])
-    return json.loads((path / "progress.json").read_text())["step"]
+    # weights_only: tensors, numbers and containers only; a planted pickle is refused, not run.
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(json.loads((path / SCHEDULER).read_text()))
+    hooks = load_file(path / HOOKS) if (path / HOOKS).exists() else {}
+    mine = json.loads((path / f"rank-{rank}.json").read_text())
+    set_rng_state(mine["rng"])
+    return step_of(path), int(mine["cursor"]), hooks
 
 
-def latest_checkpoint(stage_dir: Path) -> Path | None:
-    found = [p for p in stage_dir.glob("checkpoint-*") if (p / "progress.json").exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+def prune(stage_dir: Path, keep_last: int, world: int) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints (0: keep all), so the newest
+    good one is never deleted; unreadable ones are left for a person to look at."""
+    if keep_last <= 0:
+        return
+    good = []
+    for path in checkpoints(stage_dir):
+        try:
+            check_complete(path, world)
+            good.append(path)
+        except CheckpointError:
+            pass
+    for old in good[keep_last:]:
+        shutil.rmtree(old, ignore_errors=True)

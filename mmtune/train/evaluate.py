@@ -126,3 +126,21 @@ def evaluate_qa(model, records: list[Record], encoder: ExampleBuilder, blank_enc
                       "blank_answer": b, "media": r.media} for r, t, a, b in list(zip(records, targets, real, blank))[:8]],
     }
     return result
+
+
+def print_qa_eval(result: dict) -> None:
+    """The eval.json of a question-answering run as a table: per question type, with the media,
+    with blank media, and chance."""
+    def num(x) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    print(f"{'question type':<16}{'n':>5}{'with media':>12}{'blank media':>13}{'chance':>8}")
+    for qtype, r in result["by_type"].items():
+        print(f"{qtype:<16}{r['n']:>5}{num(r['accuracy']):>12}{num(r['blank_media_accuracy']):>13}"
+              f"{num(r['chance']):>8}")
+    sep = ", ".join(result.get("reported_separately", [])) or "none"
+    print(f"{'overall':<16}{result['n']:>5}{num(result['accuracy']):>12}"
+          f"{num(result['blank_media_accuracy']):>13}{num(result['chance']):>8}   "
+          f"(splits reported separately: {sep})")
+    for probe in result.get("probes", []):  # e.g. shuffled_frames: media altered, same questions
+        print(f"{probe.replace('_', ' ')}: {num(result[f'{probe}_accuracy'])}")

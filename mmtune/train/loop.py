@@ -1,23 +1,48 @@
-"""The shared training loop arithmetic, written once for every recipe.
+"""The shared training arithmetic, written once for every recipe.
 
-One optimizer step = `grad_accum` micro-batches on each of `world` processes. The loss is
-normalised by the number of supervised tokens in the *whole* step (all micro-batches, all
+One optimizer step = `grad_accum` micro-batches on each of `world` processes. A recipe says
+only what one micro-batch costs (an `Objective`: its summed loss and the count it is averaged
+over); the loss is normalised by that count over the *whole* step (all micro-batches, all
 processes), so batch 8 x accumulation 1 gives the same gradient as batch 1 x accumulation 8,
 and padding or short answers never change a token's weight.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
+from transformers import get_scheduler
 
-from ..config import StageConfig
 from ..batch import IGNORE, Batch
+from ..config import StageConfig
+
+
+class StepBatch(Protocol):
+    """What the loop needs of a micro-batch, whatever the recipe's batch type."""
+
+    ids: list[str]  # record ids, for messages that must name the data
+    dropped: list[str]  # "id: reason" of records left out of this batch
+    truncated: int  # examples whose text was cut to fit
+
+    def to(self, device, non_blocking: bool = False) -> "StepBatch": ...
+
+    def __len__(self) -> int: ...  # samples (0: every record of it was dropped)
+
+
+class Objective(Protocol):
+    """A recipe's loss. `count` must not need the forward pass: the step-wide normaliser is
+    summed over ranks before any backward."""
+
+    def count(self, batch) -> int: ...  # what the loss is averaged over (tokens, samples)
+
+    def loss_sum(self, model, batch) -> torch.Tensor: ...  # summed loss, float32 scalar
+
+    def tokens(self, batch) -> tuple[int, int]: ...  # (real, computed incl. padding)
 
 
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -26,6 +51,19 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shift_labels = labels[:, 1:]  # [B, T-1]
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
                            shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+
+
+class LanguageModelObjective:
+    """Next-token cross-entropy on the supervised (assistant) tokens of a `Batch`."""
+
+    def count(self, batch: Batch) -> int:
+        return batch.num_loss_tokens()
+
+    def loss_sum(self, model, batch: Batch) -> torch.Tensor:
+        return loss_sum(model(batch), batch.labels)
+
+    def tokens(self, batch: Batch) -> tuple[int, int]:
+        return int(batch.attention_mask.sum()), batch.input_ids.numel()
 
 
 def make_optimizer(params, stage: StageConfig, device=None, kbit: bool = False) -> torch.optim.Optimizer:
@@ -39,17 +77,22 @@ def make_optimizer(params, stage: StageConfig, device=None, kbit: bool = False) 
     return torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay)
 
 
-def make_scheduler(optimizer, stage: StageConfig):
-    return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=stage.warmup_steps, num_training_steps=stage.max_steps,
-        min_lr_rate=stage.min_lr_ratio)
+def make_scheduler(optimizer, stage: StageConfig, max_steps: int | None = None):
+    """transformers' schedules by name, each after `warmup_steps` of linear warmup: cosine
+    (to lr * min_lr_ratio), linear (to 0), constant."""
+    steps = stage.max_steps if max_steps is None else max_steps
+    if stage.lr_schedule == "cosine":
+        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=stage.warmup_steps,
+                             num_training_steps=steps, scheduler_specific_kwargs={"min_lr_rate": stage.min_lr_ratio})
+    name = {"linear": "linear", "constant": "constant_with_warmup"}[stage.lr_schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=stage.warmup_steps, num_training_steps=steps)
 
 
 @dataclass
 class BatchPlan:
     """Which records form micro-batch k: a fixed function of (seed, epoch, rank).
 
-    Resuming at step s restarts at micro-batch s * grad_accum and sees exactly the batches the
+    Resuming at micro-batch k (saved in the checkpoint) sees exactly the batches the
     uninterrupted run would have seen; no sampler state needs saving.
     """
 
@@ -79,64 +122,73 @@ class BatchPlan:
             k += 1
 
 
+def stage_steps(stage: StageConfig, per_epoch: int) -> int:
+    """Optimizer steps of a stage: `max_steps`, or `epochs` over the micro-batches an epoch has."""
+    if stage.epochs is None:
+        return stage.max_steps
+    return max(1, math.ceil(stage.epochs * per_epoch / stage.grad_accum))
+
+
 @dataclass
 class StepResult:
-    loss: float  # mean loss per supervised token over the step (all processes)
-    tokens: int  # supervised tokens in the step (all processes)
-    seen_tokens: int  # non-pad tokens in the step on this process
-    computed_tokens: int  # rows x width: what the model computed, padding included
+    loss: float  # mean loss per counted unit over the step (all processes)
+    count: int  # units the loss is averaged over (all processes): supervised tokens, samples
+    real_tokens: int  # non-pad tokens in the step on this process
+    computed_tokens: int  # what the model computed, padding included, on this process
+    samples: int  # samples in the step on this process
     grad_norm: float
+    finite: bool  # False: loss or gradient norm is NaN/inf, and no update was made
 
 
-def train_step(model, micro_batches: list[Batch], optimizer, scheduler, accelerator,
+def train_step(model, micro_batches: list, objective: Objective, optimizer, scheduler, accelerator,
                max_grad_norm: float, params: list[torch.nn.Parameter]) -> StepResult:
-    """Forward/backward every micro-batch with the step-wide token normaliser, then update."""
+    """Forward/backward every micro-batch with the step-wide normaliser, then update, unless
+    the loss or the gradient norm is not finite (then the gradients are dropped)."""
     device = accelerator.device
-    local = torch.tensor([float(b.num_loss_tokens()) for b in micro_batches], device=device).sum()
-    total = accelerator.reduce(local.clone(), reduction="sum")  # supervised tokens, all ranks
+    local = torch.tensor([float(objective.count(b)) for b in micro_batches], device=device).sum()
+    total = accelerator.reduce(local.clone(), reduction="sum")  # counted units, all ranks
     denom = total.clamp(min=1.0)
     # DDP averages gradients over ranks; multiplying by world size turns that mean back into
-    # the sum over ranks, so the gradient is sum(loss) / total tokens of the whole step.
+    # the sum over ranks, so the gradient is sum(loss) / total count of the whole step.
     scale = accelerator.num_processes
     summed = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync, accelerator.autocast():
-            logits = model(batch.to(device))
-            ls = loss_sum(logits, batch.labels.to(device))
+            ls = objective.loss_sum(model, batch.to(device))
         accelerator.backward(ls * scale / denom)
         summed += ls.detach()
-    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else torch.zeros(())
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    # The norm is computed even without clipping: a non-finite one must stop the update.
+    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
     summed = accelerator.reduce(summed, reduction="sum")
-    seen = sum(int(b.attention_mask.sum()) for b in micro_batches)
-    computed = sum(b.input_ids.numel() for b in micro_batches)
-    return StepResult(loss=float(summed / denom), tokens=int(total), seen_tokens=seen,
-                      computed_tokens=computed, grad_norm=float(grad_norm))
+    finite = bool(torch.isfinite(summed)) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
+    if finite:
+        optimizer.step()
+    scheduler.step()  # the schedule follows the step count, updated or not
+    optimizer.zero_grad(set_to_none=True)
+    real, computed = (sum(t) for t in zip(*(objective.tokens(b) for b in micro_batches)))
+    return StepResult(loss=float(summed / denom), count=int(total), real_tokens=real, computed_tokens=computed,
+                      samples=sum(len(b) for b in micro_batches), grad_norm=float(grad_norm), finite=finite)
 
 
 class Throughput:
-    """Tokens per second over the steps since the last report."""
+    """Units per second over the steps since the last report."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.tokens = 0
+        self.counts: dict[str, float] = {}
 
-    def add(self, tokens: int) -> None:
-        self.tokens += tokens
+    def add(self, **counts: float) -> None:
+        for k, v in counts.items():
+            self.counts[k] = self.counts.get(k, 0.0) + v
 
-    def take(self) -> float:
+    def take(self) -> dict[str, float]:
         now = time.perf_counter()
-        rate = self.tokens / max(now - self.t0, 1e-9)
-        self.t0, self.tokens = now, 0
-        return rate
+        rates = {k: v / max(now - self.t0, 1e-9) for k, v in self.counts.items()}
+        self.t0, self.counts = now, {}
+        return rates
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-Callback = Callable[[int, StepResult], None]

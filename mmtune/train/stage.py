@@ -1,91 +1,161 @@
-"""Run one training stage: the loop every recipe shares, readable top to bottom."""
+"""Run one training stage: the one loop every recipe shares, readable top to bottom.
+
+A recipe hands it the module to train, an `Objective` (what one micro-batch's loss is) and
+optional `Hook`s (e.g. an EMA of the weights); the optimizer, schedule, data order,
+accumulation, clipping, the non-finite guard, logging, checkpoints and resume live here only.
+"""
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from ..config import StageConfig, TrainConfig
 from ..data.collate import DataStats
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from . import checkpoint as ckpt
 from .logging import MetricsLog
-from .loop import (BatchPlan, Throughput, make_optimizer, make_scheduler, train_step,
+from .loop import (BatchPlan, Objective, Throughput, make_optimizer, make_scheduler, stage_steps, train_step,
                    trainable_parameters)
 
 
-def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, stage: StageConfig,
-              train: TrainConfig, accelerator, run_dir: Path, resume: bool = True,
-              stop_after: int | None = None) -> dict:
-    """Train `model`'s trainable parameters on `dataset` for `stage.max_steps` optimizer steps.
+class Hook(Protocol):
+    """Something a recipe runs beside the loop, whose state is checkpointed with it."""
 
-    Checkpoints go to `run_dir/name/checkpoint-<step>`; with `resume`, the latest one there is
-    loaded and training continues from its step with the same data order. `stop_after` ends
-    the loop early (as if interrupted) — used to test resume.
+    def after_step(self, step: int) -> None: ...
+
+    def at_end(self) -> None: ...  # the stage finished all its steps
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class BadDataError(RuntimeError):
+    pass
+
+
+def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, collate_fn: Callable | None,
+              stage: StageConfig, train: TrainConfig, accelerator, run_dir: Path, *, resume: bool = True,
+              stop_after: int | None = None, hooks: tuple[Hook, ...] = (), kbit: bool = False) -> dict:
+    """Train `model`'s trainable parameters on `dataset` for the stage's steps.
+
+    Checkpoints go to `run_dir/name/checkpoint-<step>`; with `resume`, the newest readable one
+    is loaded and training continues from its step with the same data and random numbers.
+    `stop_after` ends the loop early (as if interrupted): used to test resume.
     """
     stage_dir = Path(run_dir) / name
+    rank, world = accelerator.process_index, accelerator.num_processes
     log = MetricsLog(run_dir, enabled=accelerator.is_main_process)
     params = trainable_parameters(model)
     if not params:
         raise ValueError(f"stage {name!r}: nothing is trainable")
-    optimizer = make_optimizer(params, stage, accelerator.device, kbit=bool(model.config.llm.quantize))
-    scheduler = make_scheduler(optimizer, stage)
-    start = 0
-    checkpoint = latest_checkpoint(stage_dir) if resume else None
-    if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        log.truncate_after(name, start)
-        accelerator.print(f"[{name}] resumed from {checkpoint} at step {start}")
+    plan = BatchPlan(len(dataset), stage.batch_size, train.seed, rank, world)
+    max_steps = stage_steps(stage, plan.per_epoch)
+    optimizer = make_optimizer(params, stage, accelerator.device, kbit=kbit)
+    scheduler = make_scheduler(optimizer, stage, max_steps)
+    start, cursor = 0, 0
+    found = ckpt.latest_checkpoint(stage_dir, world, accelerator.print) if resume else None
+    if found is not None:
+        start, cursor, hook_state = ckpt.load_checkpoint(found, model, optimizer, scheduler, rank)
+        for hook in hooks:
+            hook.load_state_dict(hook_state)
+        accelerator.print(f"[{name}] resumed from {found} at step {start}")
+    log.truncate_after(name, start)  # lines a killed run logged past the point we resume from
     wrapped, optimizer = accelerator.prepare(model, optimizer)
-
-    plan = BatchPlan(len(dataset), stage.batch_size, train.seed, accelerator.process_index,
-                     accelerator.num_processes)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan.batches_from(start * stage.grad_accum),
-                                         collate_fn=collate_fn, num_workers=train.num_workers)
+    # The loader gets its own generator: creating its iterator must not draw from the global
+    # RNG, or a resumed run would be one draw out of step with the uninterrupted one.
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan.batches_from(cursor), collate_fn=collate_fn,
+                                         num_workers=train.num_workers, generator=torch.Generator())
     batches = iter(loader)
     stats = DataStats()
     speed = Throughput()
     t_start = time.perf_counter()
-    seen_total = 0  # real (non-pad) tokens through the model, all processes
-    end = stage.max_steps if stop_after is None else min(stop_after, stage.max_steps)
+    seen_total = 0  # real tokens through the model, all processes
+    skipped_nonfinite = 0
+    end = max_steps if stop_after is None else min(stop_after, max_steps)
     bar = tqdm(range(start, end), desc=name, disable=not accelerator.is_main_process, mininterval=5)
     result = None
     wrapped.train()
     for step in bar:
-        micro = [next(batches) for _ in range(stage.grad_accum)]
-        for b in micro:
-            stats.update(b)
+        micro, empty = [], 0
+        while len(micro) < stage.grad_accum:  # a micro-batch left empty by skipped records is refilled
+            batch = next(batches)
+            cursor += 1
+            stats.update(batch)
+            _check_bad_fraction(stats, train, name)
+            empty = 0 if len(batch) else empty + 1
+            if empty > plan.per_epoch:
+                raise BadDataError(f"stage {name!r}: no usable record in a whole epoch, e.g. {stats.dropped[:3]}")
+            if len(batch):
+                micro.append(batch)
         lr = scheduler.get_last_lr()[0]
-        result = train_step(wrapped, micro, optimizer, scheduler, accelerator, stage.max_grad_norm, params)
-        speed.add(result.seen_tokens * accelerator.num_processes)
-        seen_total += result.seen_tokens * accelerator.num_processes
+        result = train_step(wrapped, micro, objective, optimizer, scheduler, accelerator, stage.max_grad_norm, params)
         done = step + 1
+        if not result.finite:
+            skipped_nonfinite += 1
+            where = (f"stage {name!r} step {done}: non-finite loss {result.loss} or gradient norm "
+                     f"{result.grad_norm}; records on process {rank}: {[i for b in micro for i in b.ids]}")
+            if train.on_nonfinite == "error" or skipped_nonfinite > train.max_nonfinite_steps:
+                raise NonFiniteError(where + ("" if train.on_nonfinite == "error" else
+                                              f" ({skipped_nonfinite} updates skipped, more than "
+                                              f"train.max_nonfinite_steps={train.max_nonfinite_steps})"))
+            accelerator.print(f"skipping the update: {where}")
+        for hook in hooks:
+            hook.after_step(done)
+        speed.add(tokens=result.real_tokens * world, samples=result.samples * world)
+        seen_total += result.real_tokens * world
         if done % train.log_every == 0 or done == end:
-            record = {"stage": name, "step": done, "loss": round(result.loss, 6), "lr": lr,
-                      "tokens_per_s": round(speed.take(), 1), "grad_norm": round(result.grad_norm, 4),
-                      "supervised_tokens": result.tokens,
-                      "padding_efficiency": round(result.seen_tokens / max(result.computed_tokens, 1), 4),
-                      "elapsed_s": round(time.perf_counter() - t_start, 2)}
-            log.write(record)
-            bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}")
-        if train.save_every and done % train.save_every == 0 and done != stage.max_steps:
-            _save(accelerator, stage_dir / f"checkpoint-{done}", model, optimizer, scheduler, done)
+            rates = speed.take()
+            log.write({"stage": name, "step": done, "loss": round(result.loss, 6), "lr": lr,
+                       "grad_norm": round(result.grad_norm, 4), "tokens_per_s": round(rates["tokens"], 1),
+                       "samples_per_s": round(rates["samples"], 2), "loss_count": result.count,
+                       "padding_efficiency": round(result.real_tokens / max(result.computed_tokens, 1), 4),
+                       "elapsed_s": round(time.perf_counter() - t_start, 2)})
+            bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{rates['tokens']:.0f}", lr=f"{lr:.2e}")
+        if train.save_every and done % train.save_every == 0 and done != max_steps:
+            _save(accelerator, stage_dir, done, cursor, model, optimizer, scheduler, hooks, train.keep_last)
     bar.close()
-    if end == stage.max_steps:
-        _save(accelerator, stage_dir / f"checkpoint-{end}", model, optimizer, scheduler, end)
+    if end == max_steps:
+        if not (stage_dir / f"checkpoint-{end}").exists():  # a complete checkpoint is never rewritten
+            _save(accelerator, stage_dir, end, cursor, model, optimizer, scheduler, hooks, train.keep_last)
+        for hook in hooks:
+            hook.at_end()
     seconds = time.perf_counter() - t_start
-    summary = {"stage": name, "steps": end, "final_loss": None if result is None else result.loss,
-               "train_seconds": round(seconds, 2), "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1),
-               "data": stats.as_dict()}
     if stats.dropped:
         accelerator.print(f"[{name}] dropped {len(stats.dropped)} sample(s), e.g. {stats.dropped[0]}")
-    return summary
+    return {"stage": name, "steps": end, "max_steps": max_steps,
+            "final_loss": None if result is None else result.loss, "train_seconds": round(seconds, 2),
+            "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1), "nonfinite_skipped": skipped_nonfinite,
+            "data": stats.as_dict()}
 
 
-def _save(accelerator, path: Path, model, optimizer, scheduler, step: int) -> None:
+def _check_bad_fraction(stats: DataStats, train: TrainConfig, name: str) -> None:
+    """Skipping bad records is for a few; past `train.max_bad_fraction` the data is broken."""
+    seen = stats.examples + len(stats.dropped)
+    if seen >= 20 and len(stats.dropped) / seen > train.max_bad_fraction:
+        raise BadDataError(f"stage {name!r}: {len(stats.dropped)} of {seen} records were bad "
+                           f"(more than train.max_bad_fraction={train.max_bad_fraction}), "
+                           f"e.g. {stats.dropped[:3]}")
+
+
+def _save(accelerator, stage_dir: Path, step: int, cursor: int, model, optimizer, scheduler,
+          hooks: tuple[Hook, ...], keep_last: int) -> None:
+    path = stage_dir / f"checkpoint-{step}"
+    tmp = ckpt.begin_save(path) if accelerator.is_main_process else ckpt.tmp_dir(path)
+    accelerator.wait_for_everyone()
+    ckpt.write_rank_state(tmp, accelerator.process_index, cursor)
+    if accelerator.is_main_process:
+        state = {k: v for hook in hooks for k, v in hook.state_dict().items()}
+        ckpt.write_main_state(tmp, model, optimizer, scheduler, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_checkpoint(path, model, optimizer, scheduler, step)
+        ckpt.finish_save(tmp, path, step, accelerator.num_processes)
+        ckpt.prune(stage_dir, keep_last, accelerator.num_processes)
     accelerator.wait_for_everyone()
