@@ -261,3 +261,16 @@ def weight_bytes(module: torch.nn.Module, only=None) -> int:
         for t in sub.buffers(recurse=False):
             add(t)
     return total
+
+
+def adapter_parameters(llm: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The adapter weights peft injected, found through its own declaration of them (every
+    tuner layer lists its adapter sub-modules in `adapter_layer_names`), never by name."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    params = []
+    for layer in llm.modules():
+        if isinstance(layer, BaseTunerLayer):
+            for attr in layer.adapter_layer_names:
+                params += list(getattr(layer, attr).parameters())
+    return params

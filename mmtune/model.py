@@ -22,7 +22,7 @@ from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
 from .batch import MEDIA_TOKENS, Batch, Instruction, MediumSpec
 from .config import ModelConfig, ProjectorConfig, TokenizerConfig, from_dict, to_dict
 from .data.text.tokenizer import load_tokenizer
-from .llm import add_lora, load_llm
+from .llm import adapter_parameters, add_lora, load_llm
 from .parts import Encoder, feature_spec
 from .registry import ENCODERS, PROJECTORS
 
@@ -209,8 +209,11 @@ class MultimodalLM(nn.Module):
         """The base weights without the adapters peft injected into its layers, under the
         original names, so `llm/` loads in transformers as the plain base model."""
         base = self.llm.get_base_model()
-        state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items()
-                 if "lora_" not in k}  # peft names adapter tensors lora_A / lora_B / lora_...
+        adapters = {id(p) for p in adapter_parameters(self.llm)}
+        # peft moves each wrapped layer's own weights under `.base_layer.`: give them back their names.
+        state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict(keep_vars=True).items()
+                 if id(v) not in adapters}
+        state = {k: v.detach() for k, v in state.items()}
         base.save_pretrained(out, state_dict=state)
 
     def _enc_arch(self, modality: str) -> dict:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..llm import adapter_parameters
+
 PARTS = ("encoder", "projector", "llm")
 
 
@@ -23,8 +25,9 @@ def set_trainable(model, parts: list[str], where: str = "stage.train") -> None:
                              "weights cannot be trained: set model.llm.lora.r > 0 (QLoRA)")
         if model.config.llm.lora.r > 0:
             model.enable_lora()
-            for name, p in model.llm.named_parameters():
-                p.requires_grad_("lora_" in name)  # peft's own naming of adapter weights
+            model.llm.requires_grad_(False)
+            for p in adapter_parameters(model.llm):
+                p.requires_grad_(True)
         else:
             model.llm.requires_grad_(True)
 

@@ -6,31 +6,25 @@ model fills their positions with projected features), so the LLM's vocabulary is
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from ...batch import MEDIA_TOKENS
 from ...config import TokenizerConfig
 from .chat import TEMPLATES
-from ...batch import MEDIA_TOKENS
+
+VOCAB_FILE = Path(__file__).with_name("synthetic_vocab.json")
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 TEMPLATE_WORDS = ["USER", "ASSISTANT", ":"]
 
 
 def synthetic_words() -> list[str]:
-    """Every word the synthetic tasks use, in a fixed order (ids must not depend on data)."""
-    from ...synth.av import VOCAB as AV_VOCAB
-    from ...synth.motion import VOCAB as MOTION_VOCAB
-    from ...synth.shapes import VOCAB as SHAPES_VOCAB
-    from ...synth.text import VOCAB as TEXT_VOCAB
-    from ...synth.tones import VOCAB as TONES_VOCAB
-
-    words: list[str] = []
-    # Append-only: the ids of earlier words stay (new tasks' words go at the end).
-    for w in TEMPLATE_WORDS + list(SHAPES_VOCAB) + list(TEXT_VOCAB) + list(MOTION_VOCAB) + list(TONES_VOCAB) \
-            + list(AV_VOCAB):
-        if w not in words:
-            words.append(w)
-    return words
+    """Every word the synthetic tasks use, in a fixed order (ids must not depend on data). It
+    ships as a preset asset, so tiny models need not import the tasks that generate data."""
+    return json.loads(VOCAB_FILE.read_text())["words"]
 
 
 def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
