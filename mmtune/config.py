@@ -320,6 +320,7 @@ class TrainConfig:
     max_length: int = 512
     packing: bool = False  # several examples per row, no attention across them
     log_every: int = 10
+    log_record_ids: bool = False  # metrics.jsonl names the records each logged step trained on (main process)
     save_every: int = 0  # 0: only at the end of a stage
     keep_last: int = 0  # keep only the newest N checkpoints of a stage (0: all)
     on_bad_sample: OnBadSample = "error"  # skip: bad records are dropped and counted

@@ -117,7 +117,8 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
                        "grad_norm": round(result.grad_norm, 4), "tokens_per_s": round(rates["tokens"], 1),
                        "samples_per_s": round(rates["samples"], 2), "loss_count": result.count,
                        "padding_efficiency": round(result.real_tokens / max(result.computed_tokens, 1), 4),
-                       "elapsed_s": round(time.perf_counter() - t_start, 2)})
+                       "elapsed_s": round(time.perf_counter() - t_start, 2),
+                       **({"record_ids": [i for b in micro for i in b.ids]} if train.log_record_ids else {})})
             bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{rates['tokens']:.0f}", lr=f"{lr:.2e}")
         if train.save_every and done % train.save_every == 0 and done != max_steps:
             _save(accelerator, stage_dir, done, cursor, model, optimizer, scheduler, hooks, train.keep_last)
@@ -130,7 +131,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     seconds = time.perf_counter() - t_start
     if stats.dropped:
         accelerator.print(f"[{name}] dropped {len(stats.dropped)} sample(s), e.g. {stats.dropped[0]}")
-    return {"stage": name, "steps": end, "max_steps": max_steps,
+    return {"stage": name, "steps": end, "max_steps": max_steps, "resumed_from": start,
             "final_loss": None if result is None else result.loss, "train_seconds": round(seconds, 2),
             "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1), "nonfinite_skipped": skipped_nonfinite,
             "data": stats.as_dict()}
