@@ -188,16 +188,23 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> tuple
 
 
 def prune(stage_dir: Path, keep_last: int, world: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints (0: keep all), so the newest
-    good one is never deleted; unreadable ones are left for a person to look at."""
+    """Delete all but the newest `keep_last` complete checkpoints (0: keep all), and any
+    unreadable one older than those; the newest good one is never deleted. Each is renamed
+    away first, so a kill mid-delete never leaves a half-deleted `checkpoint-N` behind."""
     if keep_last <= 0:
         return
-    good = []
+    for trash in Path(stage_dir).glob(".checkpoint-*.trash"):  # a delete a kill interrupted
+        shutil.rmtree(trash, ignore_errors=True)
+    good = 0
     for path in checkpoints(stage_dir):
         try:
             check_complete(path, world)
-            good.append(path)
+            good += 1
+            if good <= keep_last:
+                continue
         except CheckpointError:
-            pass
-    for old in good[keep_last:]:
-        shutil.rmtree(old, ignore_errors=True)
+            if good == 0:  # newer than every good one: not ours to judge
+                continue
+        trash = path.parent / f".{path.name}.trash"
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
