@@ -6,16 +6,20 @@ medium's tokens: it shortens trailing text, or drops the sample, and says which 
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from ..batch import IGNORE, Batch, Instruction
-from .text.chat import Rendered, render, render_prompt, tokenize_with_labels
+from ..batch import IGNORE, Batch, Dropped, Instruction
+from .errors import DataError, SampleError
+from .text.chat import Rendered, render, render_prompt, tokenize_with_labels, unknown_answer_words
 from .text.instructions import medium_instructions
-from .media.image import MediaError, load_image
-from .formats.records import PLACEHOLDER_RE, Record, RecordError
+from .media.image import load_image
+from .formats.records import PLACEHOLDER_RE, Record
+
+__all__ = ["Dropped", "SampleError"]  # their homes are batch.py and errors.py; imported from here too
 
 # A decoded medium before preprocessing: a PIL image, uint8 video frames [T, H, W, 3], or a
 # float32 waveform [S]; each encoder's `load` / `blank` / `preprocess` agree on its form.
@@ -33,18 +37,6 @@ class Example:
     media: dict[str, torch.Tensor]  # modality -> [n, ...]
     truncated: bool = False
     instructions: dict[str, list[list[int]]] = field(default_factory=dict)  # modality -> ids per medium
-
-
-@dataclass
-class Dropped:
-    """A sample that produced nothing to train on, with the reason (counted, reported)."""
-
-    id: str
-    reason: str
-
-
-class SampleError(ValueError):
-    pass
 
 
 def caption_messages(messages: list[dict]) -> list[dict]:
@@ -92,7 +84,7 @@ class ExampleEncoder:
         for modality, paths in record.media.items():
             if modality not in self.preprocess:
                 raise SampleError(f"{record.source}: record has {modality} but the model has no "
-                                  f"{modality} encoder")
+                                  f"{modality} encoder", "no_encoder")
             if self.blank_media is not None:
                 raw = [self.blank_media(modality) for _ in paths]
             else:
@@ -122,30 +114,46 @@ class ExampleEncoder:
         for modality, n in seen.items():
             if n != len(record.media.get(modality, [])):
                 raise SampleError(f"{record.source}: {n} {modality} placeholder token(s) after "
-                                  f"tokenisation but {len(record.media.get(modality, []))} {modality}(s)")
+                                  f"tokenisation but {len(record.media.get(modality, []))} {modality}(s)",
+                                  "placeholder_mismatch")
         return out_ids, labels
 
     def encode(self, record: Record) -> Example | Dropped:
-        """A training example: the whole conversation, loss on assistant turns only."""
+        """A training example: the whole conversation, loss on assistant turns only. A record
+        that cannot train raises a DataError naming its file, line and id; with `skip_bad` it
+        comes back as a `Dropped` counted under the error's reason instead."""
         try:
-            messages = caption_messages(record.messages) if self.caption_task else record.messages
-            rendered: Rendered = render(self.tokenizer, messages, self.template)
-            ids, supervised = tokenize_with_labels(self.tokenizer, rendered)
-            ids, labels = self.expand(ids, supervised, record)
-            truncated = False
-            if len(ids) > self.max_length:
-                slots = [i for i, t in enumerate(ids) if t in self.placeholder_ids.values()]
-                if slots and slots[-1] >= self.max_length:
-                    return Dropped(record.id, "too long: truncation would cut media tokens")
-                ids, labels, truncated = ids[: self.max_length], labels[: self.max_length], True
-            if all(lab == IGNORE for lab in labels[1:]):
-                return Dropped(record.id, "no supervised tokens" + (" after truncation" if truncated else ""))
-            return Example(record.id, ids, labels, self.load_media(record), truncated,
-                           self.instructions(messages))
-        except (SampleError, MediaError, RecordError) as e:
+            return self._encode(record)
+        except DataError as e:
             if self.skip_bad:
-                return Dropped(record.id, str(e))
-            raise
+                return Dropped(record.id, str(e), e.reason)
+            raise e.for_record(record.id) from None
+
+    def _encode(self, record: Record) -> Example:
+        if not any(m["role"] == "assistant" for m in record.messages):
+            raise SampleError(f"{record.source}: no assistant turn, so nothing to learn", "no_assistant_turn")
+        messages = caption_messages(record.messages) if self.caption_task else record.messages
+        rendered: Rendered = render(self.tokenizer, messages, self.template)
+        ids, supervised = tokenize_with_labels(self.tokenizer, rendered)
+        unknown = unknown_answer_words(self.tokenizer, rendered, ids, supervised)
+        if unknown:
+            raise SampleError(f"{record.source}: answer word(s) {unknown[:5]} are not in the tokenizer's "
+                              f"vocabulary and would train as {self.tokenizer.unk_token}", "oov_answer")
+        ids, labels = self.expand(ids, supervised, record)
+        truncated = False
+        if len(ids) > self.max_length:
+            slots = [i for i, t in enumerate(ids) if t in self.placeholder_ids.values()]
+            if slots and slots[-1] >= self.max_length:
+                raise SampleError(f"{record.source}: too long: {len(ids)} tokens, and cutting them to "
+                                  f"max_length {self.max_length} would cut media tokens", "too_long")
+            ids, labels, truncated = ids[: self.max_length], labels[: self.max_length], True
+        if all(lab == IGNORE for lab in labels[1:]):
+            if truncated:
+                raise SampleError(f"{record.source}: no supervised tokens after truncation to max_length "
+                                  f"{self.max_length}", "too_long")
+            raise SampleError(f"{record.source}: no supervised tokens", "no_supervised_tokens")
+        return Example(record.id, ids, labels, self.load_media(record), truncated,
+                       self.instructions(messages))
 
     def encode_prompt(self, record: Record) -> Example:
         """A generation prompt: messages up to the last user turn, then the assistant header."""
@@ -190,7 +198,7 @@ def pack(examples: list[Example | Dropped], pad_id: int, max_length: int) -> Bat
 
 
 def _batch(rows: list[list[Example]], examples: list, pad_id: int, left_pad: bool, packed: bool) -> Batch:
-    dropped = [f"{e.id}: {e.reason}" for e in examples if isinstance(e, Dropped)]
+    dropped = [e for e in examples if isinstance(e, Dropped)]
     lengths = [sum(len(e.input_ids) for e in row) for row in rows]
     width = max(lengths, default=0)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -254,13 +262,21 @@ class DataStats:
 
     examples: int = 0
     truncated: int = 0
-    dropped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # "id: reason naming file and line"
+    by_reason: Counter = field(default_factory=Counter)  # Dropped.kind -> count
 
     def update(self, batch: Batch) -> None:
-        self.examples += batch.input_ids.shape[0]
+        self.examples += len(batch.ids)
         self.truncated += batch.truncated
-        self.dropped += batch.dropped
+        self.add_dropped(batch.dropped)
+
+    def add_dropped(self, dropped: Iterable[Dropped]) -> None:
+        """Count samples left out: a batch's, or the lines a reader skipped (`read_records`)."""
+        for d in dropped:
+            self.dropped.append(str(d))
+            self.by_reason[d.kind] += 1
 
     def as_dict(self) -> dict:
         return {"examples": self.examples, "truncated": self.truncated,
-                "dropped": len(self.dropped), "dropped_first": self.dropped[:5]}
+                "dropped": len(self.dropped), "dropped_by_reason": dict(sorted(self.by_reason.items())),
+                "dropped_first": self.dropped[:5]}

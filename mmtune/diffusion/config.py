@@ -54,7 +54,7 @@ class EditTrainConfig:
     save_every: int = 0  # 0: only at the end
     threads: int = 0  # torch threads on CPU; 0 keeps torch's default
     num_workers: int = 0
-    on_bad_sample: str = "error"  # error | skip (bad JSONL lines; undecodable images always error)
+    on_bad_sample: str = "error"  # error | skip (bad lines, bad or mismatched image pairs: counted)
 
 
 @dataclass

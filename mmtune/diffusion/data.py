@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.media.image import MediaError, load_image
+from ..batch import Dropped
+from ..data.errors import DataError
+from ..data.media.image import MediaError, load_image, to_rgb
 from ..data.formats.records import RecordError, read_jsonl
 
 REQUIRED = ("original_image", "edit_prompt", "edited_image")
@@ -56,11 +58,11 @@ def _parse_line(obj: object, where: str, base: Path) -> Triplet:
 def _decode(value, where: str) -> Image.Image:
     """A `datasets.Image` cell: a PIL image once decoded, or {"bytes", "path"} raw."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return to_rgb(value, f"{where}: image")
     if isinstance(value, dict) and value.get("bytes"):
         try:
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        except OSError as e:
+            return to_rgb(Image.open(io.BytesIO(value["bytes"])), f"{where}: image")
+        except (OSError, Image.DecompressionBombError) as e:
             raise MediaError(f"{where}: image cannot be decoded ({e})") from None
     raise MediaError(f"{where}: expected an image, got {type(value).__name__}")
 
@@ -89,7 +91,7 @@ def read_hf_folder(path: Path) -> list[Triplet]:
             for i in range(len(ds))]
 
 
-def read_triplets(path: str | Path, skip_bad: bool = False) -> tuple[list[Triplet], list[str]]:
+def read_triplets(path: str | Path, skip_bad: bool = False) -> tuple[list[Triplet], list[Dropped]]:
     """A .jsonl file, or a directory holding a `datasets` folder; returns (triplets, bad lines)."""
     path = Path(path)
     if path.is_dir():
@@ -106,22 +108,57 @@ def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
 
 
 class TripletDataset(torch.utils.data.Dataset):
-    """(original [3,R,R], edited [3,R,R], instruction ids [L]); the same resize for both images."""
+    """(original [3,R,R], edited [3,R,R], instruction ids [L]); the same resize for both images.
 
-    def __init__(self, triplets: list[Triplet], tokenizer, resolution: int, random_flip: bool = False) -> None:
+    A pair that cannot be read, or whose two images differ in size (an edit keeps the frame,
+    so a mismatch means the pair is wrong: resizing would hide it), raises a DataError naming
+    the line and id; with `skip_bad` the item is a `Dropped` that `collate_triplets` counts."""
+
+    def __init__(self, triplets: list[Triplet], tokenizer, resolution: int, random_flip: bool = False,
+                 skip_bad: bool = False) -> None:
         self.triplets, self.tokenizer, self.resolution = triplets, tokenizer, resolution
-        self.random_flip = random_flip
+        self.random_flip, self.skip_bad = random_flip, skip_bad
 
     def __len__(self) -> int:
         return len(self.triplets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Dropped:
         t = self.triplets[i]
+        try:
+            original, edited = t.original(), t.edited()
+            if original.size != edited.size:
+                raise MediaError(f"{t.source}: the input image is {original.size[0]}x{original.size[1]} but "
+                                 f"the edited image is {edited.size[0]}x{edited.size[1]}", "size_mismatch")
+        except DataError as e:
+            if self.skip_bad:
+                return Dropped(t.id, str(e), e.reason)
+            raise e.for_record(t.id) from None
         ids = tokenize(self.tokenizer, [t.prompt])[0]
-        original, edited = to_tensor(t.original(), self.resolution), to_tensor(t.edited(), self.resolution)
+        original, edited = to_tensor(original, self.resolution), to_tensor(edited, self.resolution)
         if self.random_flip and torch.rand(()) < 0.5:  # the global RNG: checkpoints restore it
             original, edited = original.flip(-1), edited.flip(-1)
         return original, edited, ids
+
+
+@dataclass
+class TripletBatch:
+    original: torch.Tensor  # [B, 3, R, R] in [-1, 1]
+    edited: torch.Tensor  # [B, 3, R, R]
+    input_ids: torch.Tensor  # [B, L]
+    dropped: list[Dropped] = field(default_factory=list)  # items left out (skip_bad), with why
+
+    def __len__(self) -> int:
+        return self.original.shape[0]
+
+
+def collate_triplets(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Dropped]) -> TripletBatch:
+    kept = [x for x in items if not isinstance(x, Dropped)]
+    dropped = [x for x in items if isinstance(x, Dropped)]
+    if not kept:
+        empty = torch.empty(0)
+        return TripletBatch(empty, empty, empty.long(), dropped)
+    original, edited, ids = (torch.stack(column) for column in zip(*kept))
+    return TripletBatch(original, edited, ids, dropped)
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data.collate import DataStats
 from ..train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..train.logging import MetricsLog
 from ..train.loop import BatchPlan, Throughput, make_optimizer, make_scheduler
 from .components import EditComponents
 from .config import EditTrainConfig
-from .data import tokenize
+from .data import collate_triplets, tokenize
 from .objective import edit_loss
 
 STAGE = "train"  # one stage; its checkpoints live in run_dir/train/
@@ -52,8 +53,9 @@ def train(parts: EditComponents, dataset, tc: EditTrainConfig, accelerator, run_
 
     plan = BatchPlan(len(dataset), tc.batch_size, tc.seed, accelerator.process_index, accelerator.num_processes)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan.batches_from(start * tc.grad_accum),
-                                         num_workers=tc.num_workers)
+                                         collate_fn=collate_triplets, num_workers=tc.num_workers)
     batches = iter(loader)
+    stats = DataStats()
     speed = Throughput()
     t_start = time.perf_counter()
     end = tc.max_steps if stop_after is None else min(stop_after, tc.max_steps)
@@ -63,7 +65,10 @@ def train(parts: EditComponents, dataset, tc: EditTrainConfig, accelerator, run_
         lr = scheduler.get_last_lr()[0]
         total = torch.zeros((), device=device)
         for i in range(tc.grad_accum):
-            original, edited, ids = (x.to(device) for x in next(batches))
+            batch = next(batches)
+            stats.examples += len(batch)
+            stats.add_dropped(batch.dropped)
+            original, edited, ids = (x.to(device) for x in (batch.original, batch.edited, batch.input_ids))
             last = i == tc.grad_accum - 1
             with (contextlib.nullcontext() if last else accelerator.no_sync(wrapped)), accelerator.autocast():
                 micro = edit_loss(parts, wrapped, original, edited, ids, null_text, tc.conditioning_dropout)
@@ -91,7 +96,7 @@ def train(parts: EditComponents, dataset, tc: EditTrainConfig, accelerator, run_
     if ema is not None and end == tc.max_steps:
         ema.copy_to(params)
     return {"stage": STAGE, "steps": end, "final_loss": loss, "ema": ema is not None,
-            "train_seconds": round(time.perf_counter() - t_start, 2)}
+            "train_seconds": round(time.perf_counter() - t_start, 2), "data": stats.as_dict()}
 
 
 def _ema(unet, decay: float):

@@ -43,7 +43,8 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     triplets, bad = read_triplets(Path(cfg.data_dir) / cfg.train.data, cfg.train.on_bad_sample == "skip")
     if bad:
         accelerator.print(f"skipped {len(bad)} bad line(s), e.g. {bad[0]}")
-    dataset = TripletDataset(triplets, parts.tokenizer, cfg.train.resolution, cfg.train.random_flip)
+    dataset = TripletDataset(triplets, parts.tokenizer, cfg.train.resolution, cfg.train.random_flip,
+                             skip_bad=cfg.train.on_bad_sample == "skip")
 
     summary = train(parts, dataset, cfg.train, accelerator, run_dir, resume, stop_after)
     summary["bad_records"] = len(bad)
