@@ -38,6 +38,7 @@ class Triplet:
     edited: Callable[[], Image.Image]
     source: str  # "file:line" or "folder[row]", for error messages
     meta: dict = field(default_factory=dict)
+    names: tuple[str, str] = ("input image", "edited image")  # the two images' paths, for errors
 
 
 def _parse_line(obj: object, where: str, base: Path) -> Triplet:
@@ -52,7 +53,7 @@ def _parse_line(obj: object, where: str, base: Path) -> Triplet:
     original, edited = (str(base / obj[k]) for k in ("original_image", "edited_image"))
     return Triplet(id=str(obj.get("id", where)), prompt=obj["edit_prompt"], source=where,
                    original=lambda: load_image(original, where), edited=lambda: load_image(edited, where),
-                   meta=obj.get("meta") or {})
+                   meta=obj.get("meta") or {}, names=(original, edited))
 
 
 def _decode(value, where: str) -> Image.Image:
@@ -127,8 +128,9 @@ class TripletDataset(torch.utils.data.Dataset):
         try:
             original, edited = t.original(), t.edited()
             if original.size != edited.size:
-                raise MediaError(f"{t.source}: the input image is {original.size[0]}x{original.size[1]} but "
-                                 f"the edited image is {edited.size[0]}x{edited.size[1]}", "size_mismatch")
+                raise MediaError(f"{t.source}: the input image {t.names[0]} is {original.size[0]}x{original.size[1]} "
+                                 f"but the edited image {t.names[1]} is {edited.size[0]}x{edited.size[1]}",
+                                 "size_mismatch")
         except DataError as e:
             if self.skip_bad:
                 return Dropped(t.id, str(e), e.reason)
