@@ -383,3 +383,38 @@ def test_corpus_covers_every_reason():
     covered = {c.expect for c in _CASES + triplet_text_cases()} - {"ok"}
     # no_supervised_tokens: only a template that renders an answer to nothing reaches it
     assert covered == set(REASONS) - {"no_supervised_tokens"}
+
+
+def test_damaged_bytes_give_a_data_error_or_a_medium(corpus, tmp_path):
+    """Random damage (bytes overwritten, cut short, zeroed runs) to each kind of file: the
+    decoder returns a medium or raises DataError, never another exception (fixed seed)."""
+    from mmtune.data.media.audio import load_audio
+    from mmtune.data.media.image import load_image
+    from mmtune.data.media.video import load_video
+
+    root, _ = corpus
+    loaders = {".png": lambda f: load_image(f, "x"), ".jpg": lambda f: load_image(f, "x"),
+               ".tif": lambda f: load_image(f, "x"), ".mp4": lambda f: load_video(f, "x", 8),
+               ".wav": lambda f: load_audio(f, "x", 16000)}
+    rng = np.random.default_rng(0)
+    outcomes = Counter()
+    for name in ("good.png", "cmyk.jpg", "grey32.tif", "good.mp4", "stereo_8k.wav"):
+        data = (root / MEDIA / name).read_bytes()
+        for k in range(25):
+            b = bytearray(data)
+            at = int(rng.integers(len(b)))
+            if k % 3 == 0:
+                b[at:at + 8] = rng.integers(0, 256, len(b[at:at + 8]), dtype=np.uint8).tobytes()
+            elif k % 3 == 1:
+                b = b[:max(at, 1)]
+            else:
+                b[at:at + 200] = bytes(len(b[at:at + 200]))
+            path = tmp_path / f"{k}_{name}"
+            path.write_bytes(bytes(b))
+            try:
+                loaders[path.suffix](str(path))
+                outcomes["decoded"] += 1
+            except DataError as e:
+                assert "\n" not in str(e) and str(path) in str(e)
+                outcomes[e.reason] += 1
+    assert sum(outcomes.values()) == 125 and outcomes["decoded"] < 125
