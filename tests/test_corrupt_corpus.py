@@ -418,3 +418,14 @@ def test_damaged_bytes_give_a_data_error_or_a_medium(corpus, tmp_path):
                 assert "\n" not in str(e) and str(path) in str(e)
                 outcomes[e.reason] += 1
     assert sum(outcomes.values()) == 125 and outcomes["decoded"] < 125
+
+
+def test_in_memory_16bit_image_preprocesses_like_the_file(corpus):
+    """The Python API path (a PIL image handed to an encoder) converts as the file path does."""
+    root, _ = corpus
+    encoder = _model("llava").encoders["image"]
+    path = str(root / MEDIA / "grey16.png")
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+        in_memory = encoder.preprocess([im])
+    assert torch.equal(in_memory, encoder.preprocess([encoder.load(path, "x")]))
