@@ -2,7 +2,9 @@
 
 The collator owns placeholder expansion: each `<image>` becomes as many placeholder ids as
 the model says the image takes, and those ids never carry loss. Truncation never cuts a
-medium's tokens: it shortens trailing text, or drops the sample, and says which it did.
+medium's tokens: it shortens trailing text (counted), or refuses the sample. A sample that
+cannot train (bad medium, no answer, answer words outside the vocabulary, too long) is an
+error naming file, line and record id, or with `skip_bad` a `Dropped` counted per reason.
 """
 from __future__ import annotations
 
