@@ -109,6 +109,26 @@ def test_read_records_missing_file(tmp_path):
         read_records(tmp_path / "nope.jsonl")
 
 
+def test_non_utf8_line_is_named_and_a_bom_is_not_data(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" +
+                     json.dumps(qa(answer="@@", id="l1")).encode().replace(b"@@", b"caf\xe9") + b"\n")
+    with pytest.raises(RecordError, match=re.escape(f"{path}:2: not UTF-8 text (byte 0xe9")):
+        read_records(path)
+    records, skipped = read_records(path, skip_bad=True)
+    assert [r.id for r in records] == ["g"] and [s.kind for s in skipped] == ["not_utf8"]
+
+
+def test_empty_or_directory_data_file_is_named(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"\n")
+    for skip in (False, True):
+        with pytest.raises(RecordError, match=re.escape(f"data file {tmp_path / 'empty.jsonl'} has no records")):
+            read_records(tmp_path / "empty.jsonl", skip_bad=skip)
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_records(tmp_path / "dir.jsonl")
+
+
 def test_skip_bad_skips_and_returns_reasons(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", GOOD, "{not json", {"id": "x"},
                        qa("hi", images=["a.png"]), qa("hi", "ok", id="g2"),

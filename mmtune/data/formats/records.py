@@ -85,7 +85,8 @@ def read_jsonl(path: str | Path, parse: Callable[[object, str, Path], T],
             obj = None
             try:
                 try:
-                    line = raw.decode("utf-8")
+                    # A byte-order mark opens files saved by some Windows editors: not data.
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
                 except UnicodeDecodeError as e:
                     raise RecordError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
                                       f"{e.start + 1})", "not_utf8") from None
