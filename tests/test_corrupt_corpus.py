@@ -298,7 +298,8 @@ def test_pix2pix_default_policy_error_names_file_line_and_record(corpus, tmp_pat
 def pair_skip_file(root: Path) -> tuple[Path, list[int], list[Case]]:
     mine = [c for c in PAIR_CASES if c.name != "empty_jsonl"]
     good = (json.dumps(triplet("good")) + "\n").encode()
-    data_file, numbers = _mixed_file(root, "pix2pix_skip.jsonl", [triplet_line(c, f"case_{c.name}") for c in mine], good)
+    lines = [triplet_line(c, f"case_{c.name}") for c in mine]
+    data_file, numbers = _mixed_file(root, "pix2pix_skip.jsonl", lines, good)
     return data_file, numbers, mine
 
 
@@ -340,7 +341,8 @@ def assert_run_counts(summary: dict, cases: list[Case], read_time: set[str], n_r
     bad = [c for c in cases if c.expect != "ok"]
     assert summary["bad_records"] == sum(c.expect in read_time for c in bad)
     counted = summary["data"]
-    assert counted["dropped_by_reason"] == dict(sorted(Counter(c.expect for c in bad if c.expect not in read_time).items()))
+    later = Counter(c.expect for c in bad if c.expect not in read_time)
+    assert counted["dropped_by_reason"] == dict(sorted(later.items()))
     assert counted["examples"] == n_records - sum(c.expect not in read_time for c in bad)
     assert np.isfinite(summary["final_loss"])
 
