@@ -41,6 +41,9 @@ class DataError(ValueError):
         if self.reason not in REASONS:
             raise ValueError(f"unknown bad-data reason {self.reason!r}")
 
+    def __reduce__(self):  # keep the reason across processes (DataLoader workers)
+        return type(self), (str(self), self.reason)
+
     def for_record(self, record_id: str) -> "DataError":
         """The same error with the record's id appended (the loop's message names all three)."""
         return type(self)(f"{self} (record {record_id!r})", self.reason)

@@ -95,7 +95,7 @@ def read_jsonl(path: str | Path, parse: Callable[[object, str, Path], T],
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise RecordError(f"{where}: malformed JSON ({e.msg} at column {e.colno})",
+                    raise RecordError(f"{where}: malformed JSON ({e.msg}, column {e.colno})",
                                       "malformed_json") from None
                 records.append(parse(obj, where, path.parent))
             except RecordError as e:
