@@ -101,7 +101,7 @@ def test_read_records_errors_name_file_and_line(tmp_path, line, message):
 
 def test_malformed_json_says_where_in_the_line(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", '{"messages": [}')
-    assert re.fullmatch(re.escape(f"{path}:1: malformed JSON (") + r".* at column \d+\)", read_error(path))
+    assert re.fullmatch(re.escape(f"{path}:1: malformed JSON (") + r".*, column \d+\)", read_error(path))
 
 
 def test_read_records_missing_file(tmp_path):
