@@ -79,12 +79,13 @@ def _cfg(recipe: str, policy: str):
                                                "train.mixed_precision=no"])
 
 
-def recipe_batches(recipe: str, policy: str, data_file: Path, batch_size: int = 2):
+def recipe_batches(recipe: str, policy: str, data_file: Path, batch_size: int = 2, num_workers: int = 0):
     """The recipe's own data path: its last stage's task and template, its collator."""
     cfg = _cfg(recipe, policy)
     stage = list(cfg.stages.values())[-1]
     dataset, collate_fn, n_bad = training_data(_model(recipe), cfg, data_file, stage.chat_template, stage.task)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn,
+                                         num_workers=num_workers)
     return loader, n_bad
 
 
@@ -431,3 +432,15 @@ def test_in_memory_16bit_image_preprocesses_like_the_file(corpus):
         assert im.mode == "I;16"
         in_memory = encoder.preprocess([im])
     assert torch.equal(in_memory, encoder.preprocess([encoder.load(path, "x")]))
+
+
+def test_error_from_a_dataloader_worker_is_still_one_line(corpus, tmp_path):
+    """torch re-raises a worker's error with the worker's traceback as its text; the one line
+    that names file, line, record and path is what the DataError keeps."""
+    root, cases = corpus
+    case = next(c for c in cases if c.name == "bomb_png")
+    data_file = root / f"worker_{tmp_path.name}.jsonl"
+    data_file.write_bytes(good_line("image", "good0") + line_of(case, "image", "bad_bomb"))
+    with pytest.raises(DataError) as e:
+        list(recipe_batches("llava", "error", data_file, num_workers=1)[0])
+    assert_names(str(e.value), data_file, 2, "bad_bomb", case, root)

@@ -36,7 +36,7 @@ class DataError(ValueError):
     default_reason = "bad_record"
 
     def __init__(self, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(_worker_original(message))
         self.reason = reason or self.default_reason
         if self.reason not in REASONS:
             raise ValueError(f"unknown bad-data reason {self.reason!r}")
@@ -59,3 +59,13 @@ class MediaError(DataError):
 
 class SampleError(DataError):
     default_reason = "bad_record"
+
+
+def _worker_original(message: str) -> str:
+    """A DataLoader worker's error reaches the main process as `type(e)(text)`, the text being
+    "Caught X in DataLoader worker process k.\nOriginal Traceback ...\npkg.X: <message>":
+    keep the one-line message it ends with (the reason does not travel; the type does)."""
+    if not (message.startswith("Caught ") and "\nOriginal Traceback" in message):
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
