@@ -48,6 +48,19 @@ class Instruction:
 
 
 @dataclass
+class Dropped:
+    """A sample left out of training: `reason` is one line naming its file and line, `kind`
+    the short name it is counted under (`mmtune.data.errors.REASONS`)."""
+
+    id: str
+    reason: str
+    kind: str = "bad_record"
+
+    def __str__(self) -> str:
+        return f"{self.id}: {self.reason}" if self.id else self.reason
+
+
+@dataclass
 class Batch:
     """What the collator hands the model. Typed, so nothing travels as a loose dict key."""
 
@@ -58,7 +71,7 @@ class Batch:
     media_per_row: dict[str, list[int]] = field(default_factory=dict)  # modality -> count per row
     ids: list[str] = field(default_factory=list)  # record ids, for error messages
     position_ids: torch.Tensor | None = None  # [B, T], set when packing
-    dropped: list[str] = field(default_factory=list)  # "id: reason" of samples left out
+    dropped: list[Dropped] = field(default_factory=list)  # samples left out, with why
     truncated: int = 0  # rows whose trailing text was cut to fit max_length
     # modality -> each medium's instruction in the projector's tokenizer (InstructBLIP)
     instructions: dict[str, Instruction] = field(default_factory=dict)

@@ -144,6 +144,19 @@ def test_read_jsonl_reports_file_and_line(tmp_path):
         next(it)
 
 
+def test_converter_input_not_utf8_names_the_line(tmp_path):
+    import gzip
+
+    lines = b'{"id": "a"}\n{"id": "caf\xe9"}\n'  # Latin-1, as old exports are
+    for name, data in (("d.jsonl", lines), ("d.jsonl.gz", gzip.compress(lines))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}:2: not UTF-8 text (byte 0xe9")):
+            list(read_json_or_jsonl(tmp_path / name))
+    (tmp_path / "d.json").write_bytes(b'[{"id": "caf\xe9"}]')
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'd.json'}: not UTF-8 text")):
+        list(read_json_or_jsonl(tmp_path / "d.json"))
+
+
 def test_read_jsonl_non_object_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('[1, 2]\n')

@@ -103,12 +103,32 @@ def test_read_records_errors_name_file_and_line(tmp_path, line, message):
 
 def test_malformed_json_says_where_in_the_line(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", '{"messages": [}')
-    assert re.fullmatch(re.escape(f"{path}:1: malformed JSON (") + r".* at column \d+\)", read_error(path))
+    assert re.fullmatch(re.escape(f"{path}:1: malformed JSON (") + r".*, column \d+\)", read_error(path))
 
 
 def test_read_records_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_records(tmp_path / "nope.jsonl")
+
+
+def test_non_utf8_line_is_named_and_a_bom_is_not_data(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" +
+                     json.dumps(qa(answer="@@", id="l1")).encode().replace(b"@@", b"caf\xe9") + b"\n")
+    with pytest.raises(RecordError, match=re.escape(f"{path}:2: not UTF-8 text (byte 0xe9")):
+        read_records(path)
+    records, skipped = read_records(path, skip_bad=True)
+    assert [r.id for r in records] == ["g"] and [s.kind for s in skipped] == ["not_utf8"]
+
+
+def test_empty_or_directory_data_file_is_named(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"\n")
+    for skip in (False, True):
+        with pytest.raises(RecordError, match=re.escape(f"data file {tmp_path / 'empty.jsonl'} has no records")):
+            read_records(tmp_path / "empty.jsonl", skip_bad=skip)
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_records(tmp_path / "dir.jsonl")
 
 
 def test_skip_bad_skips_and_returns_reasons(tmp_path):
@@ -118,12 +138,15 @@ def test_skip_bad_skips_and_returns_reasons(tmp_path):
     records, skipped = read_records(path, skip_bad=True)
     assert [r.id for r in records] == ["g", "g2"]
     assert len(skipped) == 5
-    assert [s.split(": ", 1)[0] for s in skipped] == [f"{path}:{n}" for n in (2, 3, 4, 6, 7)]
-    assert "malformed JSON" in skipped[0]
-    assert "'messages'" in skipped[1]
-    assert "placeholder" in skipped[2]
-    assert "role" in skipped[3]
-    assert "unknown field" in skipped[4]
+    assert [s.reason.split(": ", 1)[0] for s in skipped] == [f"{path}:{n}" for n in (2, 3, 4, 6, 7)]
+    assert [s.kind for s in skipped] == ["malformed_json", "bad_record", "placeholder_mismatch",
+                                         "bad_record", "bad_record"]
+    assert [s.id for s in skipped] == ["", "x", "", "", ""]  # qa() gives no id
+    assert "malformed JSON" in skipped[0].reason
+    assert "'messages'" in skipped[1].reason
+    assert "placeholder" in skipped[2].reason
+    assert "role" in skipped[3].reason
+    assert "unknown field" in skipped[4].reason
 
 
 def test_relative_media_paths_resolve_against_the_jsonl_directory(tmp_path, monkeypatch):
@@ -273,16 +296,23 @@ def test_truncation_keeps_every_image_token(tok, tmp_path):
 def test_truncation_exactly_after_the_last_image_token(tok, tmp_path):
     record, full, pid, last_slot = _full(tok, tmp_path)
     # Every image token survives, but no answer token does: nothing to learn from.
-    out = encoder(tok, max_length=last_slot + 1).encode(record)
+    with pytest.raises(SampleError, match=re.escape(f"{tmp_path / 'd.jsonl'}:1: no supervised tokens "
+                                                    f"after truncation") + ".*record 'long'"):
+        encoder(tok, max_length=last_slot + 1).encode(record)
+    out = encoder(tok, max_length=last_slot + 1, skip_bad=True).encode(record)
     assert isinstance(out, Dropped) and "no supervised tokens after truncation" in out.reason
+    assert out.kind == "too_long"
 
 
 @pytest.mark.parametrize("cut", [1, K - 1, K])
 def test_truncation_into_image_tokens_drops_the_sample(tok, tmp_path, cut):
     record, full, pid, last_slot = _full(tok, tmp_path)
     first_slot = last_slot - K + 1
-    out = encoder(tok, max_length=first_slot + cut - 1 if cut < K else first_slot).encode(record)
-    assert isinstance(out, Dropped) and out.id == "long"
+    max_length = first_slot + cut - 1 if cut < K else first_slot
+    with pytest.raises(SampleError, match="would cut media tokens"):
+        encoder(tok, max_length=max_length).encode(record)
+    out = encoder(tok, max_length=max_length, skip_bad=True).encode(record)
+    assert isinstance(out, Dropped) and out.id == "long" and out.kind == "too_long"
     assert "media" in out.reason
 
 
@@ -296,11 +326,13 @@ def test_sequence_exactly_max_length_is_not_truncated(tok, tmp_path):
     [{"role": "user", "content": "<image>\nwhat colour ?"}],
     [{"role": "system", "content": "be brief"}, {"role": "user", "content": "<image>"}],
 ])
-def test_no_assistant_turn_is_dropped(tok, tmp_path, messages):
+def test_no_assistant_turn_is_an_error_or_a_counted_drop(tok, tmp_path, messages):
     png(tmp_path / "a.png")
     record = one_record(tmp_path, {"id": "q", "messages": messages, "images": ["a.png"]})
-    out = encoder(tok).encode(record)
-    assert out == Dropped("q", "no supervised tokens")
+    with pytest.raises(SampleError, match=re.escape(f"{tmp_path / 'd.jsonl'}:1: no assistant turn")):
+        encoder(tok).encode(record)
+    out = encoder(tok, skip_bad=True).encode(record)
+    assert out.id == "q" and out.kind == "no_assistant_turn"
 
 
 def test_collate_counts_dropped_and_truncated(tok, tmp_path):
@@ -308,15 +340,15 @@ def test_collate_counts_dropped_and_truncated(tok, tmp_path):
     short = one_record(tmp_path, qa("what shape ?", "circle", id="short"), "s.jsonl")
     no_answer = one_record(tmp_path, {"id": "q", "messages": [{"role": "user", "content": "hi"}]}, "q.jsonl")
     cut = len(full.input_ids) - 3
-    enc = encoder(tok, max_length=cut)
+    enc = encoder(tok, max_length=cut, skip_bad=True)
     examples = [enc.encode(record), enc.encode(no_answer), enc.encode(short),
-                encoder(tok, max_length=last_slot).encode(record)]
+                encoder(tok, max_length=last_slot, skip_bad=True).encode(record)]
     pad = tok.pad_token_id
     batch = collate(examples, pad)
     assert batch.ids == ["long", "short"]
     assert batch.truncated == 1
-    assert batch.dropped == ["q: no supervised tokens",
-                             "long: too long: truncation would cut media tokens"]
+    assert [d.kind for d in batch.dropped] == ["no_assistant_turn", "too_long"]
+    assert [str(d).split(": ", 1)[0] for d in batch.dropped] == ["q", "long"]
     n_short = len(examples[2].input_ids)
     assert batch.input_ids.shape == (2, cut)
     assert batch.input_ids[1, n_short:].eq(pad).all()
@@ -335,7 +367,7 @@ def test_collate_left_pad_and_all_dropped(tok, tmp_path):
     assert batch.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch.truncated == 1
     empty = collate([Dropped("x", "why")], pad_id=0)
-    assert empty.input_ids.shape == (0, 0) and empty.dropped == ["x: why"] and empty.truncated == 0
+    assert empty.input_ids.shape == (0, 0) and empty.dropped == [Dropped("x", "why")] and empty.truncated == 0
 
 
 # --- bugs found by these tests, fixed ------------------------------------
@@ -351,5 +383,5 @@ def test_caption_task_keeps_placeholders_glued_to_text(tok, tmp_path):
 def test_placeholder_split_across_messages_is_not_counted(tmp_path):
     obj = {"messages": [{"role": "user", "content": "look <ima"}, {"role": "assistant", "content": "ge> ok"}],
            "images": ["a.png"]}
-    records, skipped = read_records(write_jsonl(tmp_path / "d.jsonl", obj), skip_bad=True)
-    assert records == [] and "0 <image> placeholder" in skipped[0]
+    with pytest.raises(RecordError, match="0 <image> placeholder"):
+        read_records(write_jsonl(tmp_path / "d.jsonl", obj))

@@ -2,20 +2,25 @@
 
 The collator owns placeholder expansion: each `<image>` becomes as many placeholder ids as
 the model says the image takes, and those ids never carry loss. Truncation never cuts a
-medium's tokens: it shortens trailing text, or drops the sample, and says which it did.
+medium's tokens: it shortens trailing text (counted), or refuses the sample. A sample that
+cannot train (bad medium, no answer, answer words outside the vocabulary, too long) is an
+error naming file, line and record id, or with `skip_bad` a `Dropped` counted per reason.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
-from ..batch import IGNORE, Batch, Instruction, MediumSpec, RawMedium
-from .text.chat import Rendered, render, render_prompt, tokenize_with_labels
+from ..batch import IGNORE, Batch, Dropped, Instruction, MediumSpec, RawMedium
+from .errors import DataError, SampleError
+from .text.chat import Rendered, render, render_prompt, tokenize_with_labels, unknown_answer_words
 from .text.instructions import medium_instructions
-from .media.image import MediaError
-from .formats.records import PLACEHOLDER_RE, Record, RecordError
+from .formats.records import PLACEHOLDER_RE, Record
+
+__all__ = ["Dropped", "SampleError"]  # their homes are batch.py and errors.py; imported from here too
 
 # (raw medium, key) -> raw medium; `key` ("<record id>:<modality>:<index>") seeds anything random,
 # so a transformed evaluation is the same on every run and in every worker.
@@ -30,18 +35,6 @@ class Example:
     media: dict[str, torch.Tensor]  # modality -> [n, ...]
     truncated: bool = False
     instructions: dict[str, list[list[int]]] = field(default_factory=dict)  # modality -> ids per medium
-
-
-@dataclass
-class Dropped:
-    """A sample that produced nothing to train on, with the reason (counted, reported)."""
-
-    id: str
-    reason: str
-
-
-class SampleError(ValueError):
-    pass
 
 
 def caption_messages(messages: list[dict]) -> list[dict]:
@@ -87,7 +80,7 @@ class ExampleBuilder:
             spec = self.media.get(modality)
             if spec is None:
                 raise SampleError(f"{record.source}: record has {modality} but the model has no "
-                                  f"{modality} encoder")
+                                  f"{modality} encoder", "no_encoder")
             raw = [spec.blank() if self.blank_media else spec.load(p, record.source) for p in paths]
             transform = self.media_transform.get(modality)
             if transform is not None:
@@ -113,31 +106,47 @@ class ExampleBuilder:
         for modality, n in seen.items():
             if n != len(record.media.get(modality, [])):
                 raise SampleError(f"{record.source}: {n} {modality} placeholder token(s) after "
-                                  f"tokenisation but {len(record.media.get(modality, []))} {modality}(s)")
+                                  f"tokenisation but {len(record.media.get(modality, []))} {modality}(s)",
+                                  "placeholder_mismatch")
         return out_ids, labels
 
     def encode(self, record: Record) -> Example | Dropped:
-        """A training example: the whole conversation, loss on assistant turns only."""
+        """A training example: the whole conversation, loss on assistant turns only. A record
+        that cannot train raises a DataError naming its file, line and id; with `skip_bad` it
+        comes back as a `Dropped` counted under the error's reason instead."""
         try:
-            messages = caption_messages(record.messages) if self.caption_task else record.messages
-            rendered: Rendered = render(self.tokenizer, messages, self.template)
-            ids, supervised = tokenize_with_labels(self.tokenizer, rendered)
-            ids, labels = self.expand(ids, supervised, record)
-            truncated = False
-            if len(ids) > self.max_length:
-                slot_ids = {spec.placeholder_id for spec in self.media.values()}
-                slots = [i for i, t in enumerate(ids) if t in slot_ids]
-                if slots and slots[-1] >= self.max_length:
-                    return Dropped(record.id, "too long: truncation would cut media tokens")
-                ids, labels, truncated = ids[: self.max_length], labels[: self.max_length], True
-            if all(lab == IGNORE for lab in labels[1:]):
-                return Dropped(record.id, "no supervised tokens" + (" after truncation" if truncated else ""))
-            return Example(record.id, ids, labels, self.load_media(record), truncated,
-                           self.instructions(messages))
-        except (SampleError, MediaError, RecordError) as e:
+            return self._encode(record)
+        except DataError as e:
             if self.skip_bad:
-                return Dropped(record.id, str(e))
-            raise
+                return Dropped(record.id, str(e), e.reason)
+            raise e.for_record(record.id) from None
+
+    def _encode(self, record: Record) -> Example:
+        if not any(m["role"] == "assistant" for m in record.messages):
+            raise SampleError(f"{record.source}: no assistant turn, so nothing to learn", "no_assistant_turn")
+        messages = caption_messages(record.messages) if self.caption_task else record.messages
+        rendered: Rendered = render(self.tokenizer, messages, self.template)
+        ids, supervised = tokenize_with_labels(self.tokenizer, rendered)
+        unknown = unknown_answer_words(self.tokenizer, rendered, ids, supervised)
+        if unknown:
+            raise SampleError(f"{record.source}: answer word(s) {unknown[:5]} are not in the tokenizer's "
+                              f"vocabulary and would train as {self.tokenizer.unk_token}", "oov_answer")
+        ids, labels = self.expand(ids, supervised, record)
+        truncated = False
+        if len(ids) > self.max_length:
+            slot_ids = {spec.placeholder_id for spec in self.media.values()}
+            slots = [i for i, t in enumerate(ids) if t in slot_ids]
+            if slots and slots[-1] >= self.max_length:
+                raise SampleError(f"{record.source}: too long: {len(ids)} tokens, and cutting them to "
+                                  f"max_length {self.max_length} would cut media tokens", "too_long")
+            ids, labels, truncated = ids[: self.max_length], labels[: self.max_length], True
+        if all(lab == IGNORE for lab in labels[1:]):
+            if truncated:
+                raise SampleError(f"{record.source}: no supervised tokens after truncation to max_length "
+                                  f"{self.max_length}", "too_long")
+            raise SampleError(f"{record.source}: no supervised tokens", "no_supervised_tokens")
+        return Example(record.id, ids, labels, self.load_media(record), truncated,
+                       self.instructions(messages))
 
     def encode_prompt(self, record: Record) -> Example:
         """A generation prompt: messages up to the last user turn, then the assistant header."""
@@ -182,7 +191,7 @@ def pack(examples: list[Example | Dropped], pad_id: int, max_length: int) -> Bat
 
 
 def _batch(rows: list[list[Example]], examples: list, pad_id: int, left_pad: bool, packed: bool) -> Batch:
-    dropped = [f"{e.id}: {e.reason}" for e in examples if isinstance(e, Dropped)]
+    dropped = [e for e in examples if isinstance(e, Dropped)]
     lengths = [sum(len(e.input_ids) for e in row) for row in rows]
     width = max(lengths, default=0)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -246,13 +255,21 @@ class DataStats:
 
     examples: int = 0
     truncated: int = 0
-    dropped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # "id: reason naming file and line"
+    by_reason: Counter = field(default_factory=Counter)  # Dropped.kind -> count
 
     def update(self, batch: Batch) -> None:
         self.examples += len(batch)
         self.truncated += batch.truncated
-        self.dropped += batch.dropped
+        self.add_dropped(batch.dropped)
+
+    def add_dropped(self, dropped: Iterable[Dropped]) -> None:
+        """Count samples left out: a batch's, or the lines a reader skipped (`read_records`)."""
+        for d in dropped:
+            self.dropped.append(str(d))
+            self.by_reason[d.kind] += 1
 
     def as_dict(self) -> dict:
         return {"examples": self.examples, "truncated": self.truncated,
-                "dropped": len(self.dropped), "dropped_first": self.dropped[:5]}
+                "dropped": len(self.dropped), "dropped_by_reason": dict(sorted(self.by_reason.items())),
+                "dropped_first": self.dropped[:5]}

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.media.image import MediaError, load_image
+from ..batch import Dropped
+from ..data.errors import DataError
+from ..data.media.image import MediaError, load_image, to_rgb
 from ..data.formats.records import RecordError, read_jsonl
 
 REQUIRED = ("original_image", "edit_prompt", "edited_image")
@@ -36,6 +38,7 @@ class Triplet:
     edited: Callable[[], Image.Image]
     source: str  # "file:line" or "folder[row]", for error messages
     meta: dict = field(default_factory=dict)
+    names: tuple[str, str] = ("input image", "edited image")  # the two images' paths, for errors
 
 
 def _parse_line(obj: object, where: str, base: Path) -> Triplet:
@@ -50,17 +53,17 @@ def _parse_line(obj: object, where: str, base: Path) -> Triplet:
     original, edited = (str(base / obj[k]) for k in ("original_image", "edited_image"))
     return Triplet(id=str(obj.get("id", where)), prompt=obj["edit_prompt"], source=where,
                    original=lambda: load_image(original, where), edited=lambda: load_image(edited, where),
-                   meta=obj.get("meta") or {})
+                   meta=obj.get("meta") or {}, names=(original, edited))
 
 
 def _decode(value, where: str) -> Image.Image:
     """A `datasets.Image` cell: a PIL image once decoded, or {"bytes", "path"} raw."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return to_rgb(value, f"{where}: image")
     if isinstance(value, dict) and value.get("bytes"):
         try:
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        except OSError as e:
+            return to_rgb(Image.open(io.BytesIO(value["bytes"])), f"{where}: image")
+        except (OSError, Image.DecompressionBombError) as e:
             raise MediaError(f"{where}: image cannot be decoded ({e})") from None
     raise MediaError(f"{where}: expected an image, got {type(value).__name__}")
 
@@ -89,7 +92,7 @@ def read_hf_folder(path: Path) -> list[Triplet]:
             for i in range(len(ds))]
 
 
-def read_triplets(path: str | Path, skip_bad: bool = False) -> tuple[list[Triplet], list[str]]:
+def read_triplets(path: str | Path, skip_bad: bool = False) -> tuple[list[Triplet], list[Dropped]]:
     """A .jsonl file, or a directory holding a `datasets` folder; returns (triplets, bad lines)."""
     path = Path(path)
     if path.is_dir():
@@ -107,19 +110,34 @@ def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
 
 class TripletDataset(torch.utils.data.Dataset):
     """(original [3,R,R], edited [3,R,R], instruction ids [L], record id); the same resize for
-    both images."""
+    both images.
 
-    def __init__(self, triplets: list[Triplet], tokenizer, resolution: int, random_flip: bool = False) -> None:
+    A pair that cannot be read, or whose two images differ in size (an edit keeps the frame,
+    so a mismatch means the pair is wrong: resizing would hide it), raises a DataError naming
+    the line and id; with `skip_bad` the item is a `Dropped` that `diffusion.train.collate_edits` counts."""
+
+    def __init__(self, triplets: list[Triplet], tokenizer, resolution: int, random_flip: bool = False,
+                 skip_bad: bool = False) -> None:
         self.triplets, self.tokenizer, self.resolution = triplets, tokenizer, resolution
-        self.random_flip = random_flip
+        self.random_flip, self.skip_bad = random_flip, skip_bad
 
     def __len__(self) -> int:
         return len(self.triplets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str] | Dropped:
         t = self.triplets[i]
+        try:
+            original, edited = t.original(), t.edited()
+            if original.size != edited.size:
+                raise MediaError(f"{t.source}: the input image {t.names[0]} is {original.size[0]}x{original.size[1]} "
+                                 f"but the edited image {t.names[1]} is {edited.size[0]}x{edited.size[1]}",
+                                 "size_mismatch")
+        except DataError as e:
+            if self.skip_bad:
+                return Dropped(t.id, str(e), e.reason)
+            raise e.for_record(t.id) from None
         ids = tokenize(self.tokenizer, [t.prompt])[0]
-        original, edited = to_tensor(t.original(), self.resolution), to_tensor(t.edited(), self.resolution)
+        original, edited = to_tensor(original, self.resolution), to_tensor(edited, self.resolution)
         if self.random_flip and torch.rand(()) < 0.5:  # the global RNG: checkpoints restore it
             original, edited = original.flip(-1), edited.flip(-1)
         return original, edited, ids, t.id

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..batch import Dropped
 from .components import EditComponents
 from .data import tokenize
 from .objective import edit_loss
@@ -18,7 +19,7 @@ class EditBatch:
     edited: torch.Tensor  # [B, 3, R, R]
     prompt_ids: torch.Tensor  # [B, L] instruction tokens
     ids: list[str]  # record ids
-    dropped: list[str] = dataclasses.field(default_factory=list)  # "id: reason" of samples left out
+    dropped: list[Dropped] = dataclasses.field(default_factory=list)  # samples left out (skip), with why
     truncated: int = 0  # (nothing is truncated here; the loop's data stats read it)
 
     def to(self, device, non_blocking: bool = False) -> "EditBatch":
@@ -29,9 +30,14 @@ class EditBatch:
         return len(self.ids)
 
 
-def collate_edits(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]]) -> EditBatch:
-    original, edited, prompt_ids, ids = zip(*items)
-    return EditBatch(torch.stack(original), torch.stack(edited), torch.stack(prompt_ids), list(ids))
+def collate_edits(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, str] | Dropped]) -> EditBatch:
+    kept = [x for x in items if not isinstance(x, Dropped)]
+    dropped = [x for x in items if isinstance(x, Dropped)]
+    if not kept:  # every pair of this micro-batch was skipped: the loop draws another
+        empty = torch.empty(0)
+        return EditBatch(empty, empty, empty.long(), [], dropped)
+    original, edited, prompt_ids, ids = zip(*kept)
+    return EditBatch(torch.stack(original), torch.stack(edited), torch.stack(prompt_ids), list(ids), dropped)
 
 
 class EditObjective:

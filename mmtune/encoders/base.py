@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from ..data.media.image import load_image
+from ..data.media.image import load_image, to_rgb
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def make_preprocess(spec: ImageSpec, transform: Callable[[Image.Image], torch.Te
     fill = tuple(int(round(255 * m)) for m in spec.mean)
 
     def preprocess(images: list[Image.Image]) -> torch.Tensor:
-        images = [im.convert("RGB") for im in images]
+        images = [to_rgb(im, "image") for im in images]  # 16-bit etc. scaled, not clipped
         if spec.pad_to_square:
             images = [pad_to_square(im, fill) for im in images]
         return torch.stack([transform(im) for im in images])

@@ -79,7 +79,7 @@ def example_builder(model: MultimodalLM, cfg: RecipeConfig, template_name: str |
 
 def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, template: str | None,
                   task: str = "conversation"):
-    """`task`: "conversation" trains whole conversations; "caption" is LLaVA's alignment
+    """(dataset, collate function, lines the reader skipped as `Dropped`). `task`: "conversation" trains whole conversations; "caption" is LLaVA's alignment
     pretraining (instruction text dropped); "single_turn" splits conversations into one
     example per exchange (InstructBLIP: each instruction reaches the Q-Former)."""
     records, bad = read_records(data_file, skip_bad=cfg.train.on_bad_sample == "skip")
@@ -90,8 +90,8 @@ def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, templ
     dataset = RecordDataset(records, example_builder(model, cfg, template, task == "caption"))
     pad = model.tokenizer.pad_token_id
     if cfg.train.packing:
-        return dataset, partial(pack, pad_id=pad, max_length=cfg.train.max_length), len(bad)
-    return dataset, partial(collate, pad_id=pad), len(bad)
+        return dataset, partial(pack, pad_id=pad, max_length=cfg.train.max_length), bad
+    return dataset, partial(collate, pad_id=pad), bad
 
 
 def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device="cpu") -> dict:

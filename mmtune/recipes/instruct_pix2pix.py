@@ -44,7 +44,8 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     triplets, bad = read_triplets(data_file, cfg.train.on_bad_sample == "skip")
     if bad:
         accelerator.print(f"skipped {len(bad)} bad line(s), e.g. {bad[0]}")
-    dataset = TripletDataset(triplets, parts.tokenizer, cfg.edit.resolution, cfg.edit.random_flip)
+    dataset = TripletDataset(triplets, parts.tokenizer, cfg.edit.resolution, cfg.edit.random_flip,
+                             skip_bad=cfg.train.on_bad_sample == "skip")
 
     device = accelerator.device
     parts.vae.to(device)
@@ -53,7 +54,7 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     hooks = (EmaHook(parts.unet, cfg.edit.ema_decay),) if cfg.edit.ema_decay > 0 else ()
     summary = run_stage(STAGE, parts.unet, EditObjective(parts, cfg.edit.conditioning_dropout, device), dataset,
                         collate_edits, stage, cfg.train, accelerator, run_dir, resume=resume,
-                        stop_after=stop_after, hooks=hooks)
+                        stop_after=stop_after, hooks=hooks, skipped=bad)
     summary.update(bad_records=len(bad), ema=bool(hooks))
     if summary["steps"] < summary["max_steps"]:  # stopped early on purpose: no model
         return summary

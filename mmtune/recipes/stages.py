@@ -38,11 +38,11 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         stage = cfg.stages[name]
         set_trainable(model, stage.train, f"stages.{name}.train")
         accelerator.print(f"[{name}] trainable parameters\n{parameter_table(model)}")
-        dataset, collate_fn, n_bad = training_data(model, cfg, stage_data(cfg, stage), stage.chat_template, stage.task)
+        dataset, collate_fn, bad = training_data(model, cfg, stage_data(cfg, stage), stage.chat_template, stage.task)
         result = run_stage(name, model, objective, dataset, collate_fn, stage, cfg.train, accelerator, run_dir,
-                           resume=resume, stop_after=stop_after, kbit=bool(model.config.llm.quantize))
+                           resume=resume, stop_after=stop_after, kbit=bool(model.config.llm.quantize), skipped=bad)
         result["parameters"] = parameter_rows(model)
-        result["bad_records"] = n_bad
+        result["bad_records"] = len(bad)
         summary["stages"][name] = result
         if result["steps"] < result["max_steps"]:  # stopped early on purpose: no stage model
             return summary

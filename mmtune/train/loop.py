@@ -26,7 +26,7 @@ class StepBatch(Protocol):
     """What the loop needs of a micro-batch, whatever the recipe's batch type."""
 
     ids: list[str]  # record ids, for messages that must name the data
-    dropped: list[str]  # "id: reason" of records left out of this batch
+    dropped: list  # mmtune.batch.Dropped: records left out of this batch, with why
     truncated: int  # examples whose text was cut to fit
 
     def to(self, device, non_blocking: bool = False) -> "StepBatch": ...

@@ -43,12 +43,14 @@ class BadDataError(RuntimeError):
 
 def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, collate_fn: Callable | None,
               stage: StageConfig, train: TrainConfig, accelerator, run_dir: Path, *, resume: bool = True,
-              stop_after: int | None = None, hooks: tuple[Hook, ...] = (), kbit: bool = False) -> dict:
+              stop_after: int | None = None, hooks: tuple[Hook, ...] = (), kbit: bool = False,
+              skipped: list = ()) -> dict:
     """Train `model`'s trainable parameters on `dataset` for the stage's steps.
 
     Checkpoints go to `run_dir/name/checkpoint-<step>`; with `resume`, the newest readable one
     is loaded and training continues from its step with the same data and random numbers.
-    `stop_after` ends the loop early (as if interrupted): used to test resume.
+    `stop_after` ends the loop early (as if interrupted): used to test resume. `skipped`: the
+    records the reader left out (`mmtune.batch.Dropped`), counted with those the batches drop.
     """
     stage_dir = Path(run_dir) / name
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -75,6 +77,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
                                          num_workers=train.num_workers, generator=torch.Generator())
     batches = iter(loader)
     stats = DataStats()
+    stats.add_dropped(skipped)
     speed = Throughput()
     t_start = time.perf_counter()
     seen_total = 0  # real tokens through the model, all processes

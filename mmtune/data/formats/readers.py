@@ -207,8 +207,16 @@ _TEXT_FIELDS = {"alpaca": ("instruction", "input", "output"),
                 "dolly": ("instruction", "context", "response")}
 
 
-def _open_text(path: Path, compressed: bool):
-    return gzip.open(path, "rt", encoding="utf-8") if compressed else path.open(encoding="utf-8")
+def _open_bytes(path: Path, compressed: bool):
+    """Bytes, decoded by the caller: a bad byte then names its line, not a chunk's offset."""
+    return gzip.open(path, "rb") if compressed else path.open("rb")
+
+
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
 
 
 def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
@@ -224,11 +232,12 @@ def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     suffix = Path(name[:-3]).suffix if compressed else path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            with _open_text(path, compressed) as f:
-                for lineno, line in enumerate(f, 1):
+            with _open_bytes(path, compressed) as f:
+                for lineno, raw in enumerate(f, 1):
+                    where = f"{path}:{lineno}"
+                    line = _utf8(raw, where)
                     if not line.strip():
                         continue
-                    where = f"{path}:{lineno}"
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
@@ -237,9 +246,10 @@ def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
                         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
                     yield where, obj
         elif suffix == ".json":
-            with _open_text(path, compressed) as f:
+            with _open_bytes(path, compressed) as f:
+                text = _utf8(f.read(), str(path))
                 try:
-                    items = json.load(f)
+                    items = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(items, list):

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from ...batch import MEDIA_TOKENS
+from ...batch import MEDIA_TOKENS, Dropped
+from ..errors import RecordError
 
 T = TypeVar("T")
 
@@ -16,10 +17,6 @@ T = TypeVar("T")
 PLACEHOLDER_RE = re.compile("|".join(re.escape(t) for t in MEDIA_TOKENS.values()))
 ROLES = ("system", "user", "assistant")
 MEDIA_KEYS = {"image": "images", "video": "videos", "audio": "audios"}
-
-
-class RecordError(ValueError):
-    pass
 
 
 @dataclass
@@ -55,7 +52,7 @@ def parse_record(obj: object, where: str, base_dir: Path) -> Record:
         n_slots = sum(m["content"].count(MEDIA_TOKENS[modality]) for m in messages)
         if n_slots != len(paths):
             raise RecordError(f"{where}: {n_slots} {MEDIA_TOKENS[modality]} placeholder(s) in the "
-                              f"messages but {len(paths)} entries in '{key}'")
+                              f"messages but {len(paths)} entries in '{key}'", "placeholder_mismatch")
         if paths:
             media[modality] = [str(base_dir / p) for p in paths]
     meta = obj.get("meta") or {}
@@ -64,32 +61,49 @@ def parse_record(obj: object, where: str, base_dir: Path) -> Record:
     return Record(id=str(obj.get("id", where)), messages=messages, media=media, source=where, meta=meta)
 
 
-def read_records(path: str | Path, skip_bad: bool = False) -> tuple[list[Record], list[str]]:
-    """All records of a JSONL file, and the list of problems skipped (when `skip_bad`)."""
+def read_records(path: str | Path, skip_bad: bool = False) -> tuple[list[Record], list[Dropped]]:
+    """All records of a JSONL file, and the bad lines skipped (when `skip_bad`)."""
     return read_jsonl(path, parse_record, skip_bad)
 
 
 def read_jsonl(path: str | Path, parse: Callable[[object, str, Path], T],
-               skip_bad: bool = False) -> tuple[list[T], list[str]]:
-    """`parse(obj, "file:line", base_dir)` on every line of a JSONL file; a RecordError (or
-    malformed JSON) stops the read, or with `skip_bad` is counted in the returned list."""
+               skip_bad: bool = False) -> tuple[list[T], list[Dropped]]:
+    """`parse(obj, "file:line", base_dir)` on every line of a JSONL file; a RecordError (or a
+    line that is not UTF-8 or not JSON) stops the read, or with `skip_bad` is returned as a
+    `Dropped` (its `kind` says why). A file with no record at all is an error either way:
+    a run on it could only fail later, without naming the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {path} is a directory, not a JSONL file")
     records, skipped = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    # Bytes, decoded line by line: one bad byte names its line instead of ending the read.
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
+            obj = None
             try:
+                try:
+                    # A byte-order mark opens files saved by some Windows editors: not data.
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise RecordError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                      f"{e.start + 1})", "not_utf8") from None
+                if not line.strip():
+                    continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise RecordError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+                    raise RecordError(f"{where}: malformed JSON ({e.msg}, column {e.colno})",
+                                      "malformed_json") from None
                 records.append(parse(obj, where, path.parent))
             except RecordError as e:
+                rid = str(obj["id"]) if isinstance(obj, dict) and "id" in obj else ""
                 if not skip_bad:
-                    raise
-                skipped.append(str(e))
+                    raise (e.for_record(rid) if rid else e) from None
+                skipped.append(Dropped(rid, str(e), e.reason))
+    if not records:
+        detail = f"all {len(skipped)} line(s) are bad, e.g. {skipped[0]}" if skipped else "it is empty"
+        raise RecordError(f"data file {path} has no records: {detail}")
     return records, skipped

@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 from transformers import WhisperFeatureExtractor
 
-from .image import MediaError
+from .image import MediaError, media_file
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,7 @@ def load_audio(path: str | os.PathLike, where: str, sample_rate: int) -> torch.T
     A missing, empty, truncated or undecodable file raises MediaError naming `path` and
     `where` (the record's source, e.g. "data.jsonl:12").
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MediaError(f"{where}: audio {path} does not exist")
-    if os.path.getsize(path) == 0:
-        raise MediaError(f"{where}: audio {path} is empty (0 bytes)")
+    path = media_file(path, where, "audio")
     try:
         wave, rate = _read_soundfile(path)
     except sf.LibsndfileError as sf_error:
@@ -64,9 +60,13 @@ def load_audio(path: str | os.PathLike, where: str, sample_rate: int) -> torch.T
             raise MediaError(f"{where}: audio {path} cannot be decoded ({sf_error}; "
                              f"FFmpeg: {str(av_error).splitlines()[0]})") from None
     except MediaError as e:
-        raise MediaError(f"{where}: audio {path} {e}") from None
+        raise MediaError(f"{where}: audio {path} {e}", e.reason) from None
     if wave.size == 0:
-        raise MediaError(f"{where}: audio {path} has no samples")
+        raise MediaError(f"{where}: audio {path} has no samples", "no_content")
+    if not np.isfinite(wave).all():
+        # One NaN sample makes the whole log-mel window NaN, and the projector after it.
+        bad = int((~np.isfinite(wave)).sum())
+        raise MediaError(f"{where}: audio {path} has {bad} NaN or infinite sample(s)", "non_finite")
     return torch.from_numpy(resample(wave, rate, sample_rate))
 
 
@@ -75,7 +75,8 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
     _check_riff_size(path)
     data, rate = sf.read(path, dtype="float32", always_2d=True)  # [S, C]
     if info.frames > 0 and len(data) < info.frames:
-        raise MediaError(f"is truncated: the header says {info.frames} samples, {len(data)} could be read")
+        raise MediaError(f"is truncated: the header says {info.frames} samples, {len(data)} could be read",
+                         "truncated")
     return data.mean(axis=1), rate
 
 
@@ -89,7 +90,8 @@ def _check_riff_size(path: str) -> None:
     declared = int.from_bytes(head[4:8], "little") + 8
     actual = os.path.getsize(path)
     if 8 < declared < 0xFFFFFFFF and actual < declared:
-        raise MediaError(f"is truncated: the WAV header says {declared} bytes, the file has {actual}")
+        raise MediaError(f"is truncated: the WAV header says {declared} bytes, the file has {actual}",
+                         "truncated")
 
 
 def _read_pyav(path: str) -> tuple[np.ndarray, int]:

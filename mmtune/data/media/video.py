@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from .image import MediaError
+from .image import MediaError, media_file
 
 Backend = Literal["pyav", "decord"]
 BACKENDS: tuple[str, ...] = ("pyav", "decord")
@@ -53,19 +53,15 @@ def load_video(path: str | os.PathLike, where: str, num_frames: int, fps: float 
     A missing, empty, truncated or undecodable file raises MediaError naming `path` and
     `where` (the record's source, e.g. "data.jsonl:12").
     """
-    path = os.fspath(path)
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose from {BACKENDS}")
     if num_frames < 1 or (fps is not None and fps <= 0):
         raise ValueError(f"need num_frames >= 1 and fps > 0 (or None); got {num_frames}, {fps}")
-    if not os.path.exists(path):
-        raise MediaError(f"{where}: video {path} does not exist")
-    if os.path.getsize(path) == 0:
-        raise MediaError(f"{where}: video {path} is empty (0 bytes)")
+    path = media_file(path, where, "video")
     try:
         frames = (_decord_frames if backend == "decord" else _pyav_frames)(path, num_frames, fps)
     except MediaError as e:
-        raise MediaError(f"{where}: video {path} {e}") from None
+        raise MediaError(f"{where}: video {path} {e}", e.reason) from None
     except (av.error.FFmpegError, RuntimeError, OSError, ValueError, _decord_error()) as e:
         raise MediaError(f"{where}: video {path} cannot be decoded ({str(e).splitlines()[0]})") from None
     return torch.from_numpy(frames)
@@ -97,7 +93,7 @@ def _pyav_frames(path: str, num_frames: int, fps: float | None) -> np.ndarray:
             # No count in the header (e.g. some WebM/MKV): decode everything, then pick.
             frames = [to_rgb.reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
             if not frames:
-                raise MediaError("has no decodable frames")
+                raise MediaError("has no decodable frames", "no_content")
             return np.stack([frames[i] for i in frame_indices(len(frames), num_frames, fps, clip_fps)])
         wanted = frame_indices(total, num_frames, fps, clip_fps)
         wanted_set, last = set(wanted), max(wanted)
@@ -113,7 +109,8 @@ def _pyav_frames(path: str, num_frames: int, fps: float | None) -> np.ndarray:
         if last not in kept:
             # Headers can overcount by a frame or two (edit lists); a cut file falls far short.
             if previous is None or total - decoded > max(1, total // 50):
-                raise MediaError(f"is truncated: the header says {total} frames, {decoded} could be decoded")
+                raise MediaError(f"is truncated: the header says {total} frames, {decoded} could be decoded",
+                                 "truncated")
             tail = to_rgb.reformat(previous, format="rgb24").to_ndarray()
             kept.update({i: tail for i in wanted if i not in kept})
     return np.stack([kept[i] for i in wanted])
@@ -127,7 +124,7 @@ def _decord_frames(path: str, num_frames: int, fps: float | None) -> np.ndarray:
     reader = decord.VideoReader(path, num_threads=1)
     total = len(reader)
     if total <= 0:
-        raise MediaError("has no decodable frames")
+        raise MediaError("has no decodable frames", "no_content")
     wanted = frame_indices(total, num_frames, fps, reader.get_avg_fps())
     return reader.get_batch(wanted).asnumpy()
 

@@ -115,3 +115,14 @@ def tokenize_with_labels(tokenizer, rendered: Rendered) -> tuple[list[int], list
     for start, end in enc["offset_mapping"]:
         supervised.append(end > start and any(s <= start < e for s, e in rendered.assistant_spans))
     return enc["input_ids"], supervised
+
+
+def unknown_answer_words(tokenizer, rendered: Rendered, ids: list[int], supervised: list[bool]) -> list[str]:
+    """The answer text that `ids` (from `tokenize_with_labels`) can only spell as the unknown
+    token: the model would be trained to say `<unk>` there. Empty (and free) when there is none;
+    byte-level tokenizers never produce it."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not any(s and t == unk for t, s in zip(ids, supervised)):
+        return []
+    offsets = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [rendered.text[a:b] for t, s, (a, b) in zip(ids, supervised, offsets) if s and t == unk]
