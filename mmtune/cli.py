@@ -7,8 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
+from .chat import add_chat_parser, answer, load_run as _load_run
 from .diffusion.cli import add_edit_parser
 from .export import add_export_parser
+from .quiet import quiet_libraries, recipes_epilog
 
 
 def _train(args) -> None:
@@ -27,17 +30,6 @@ def _train(args) -> None:
     summary = RECIPES.get(args.recipe)(cfg, args.output_dir, stages=stages, resume=not args.no_resume)
     if "eval" in summary:
         _print_eval(summary["eval"])
-
-
-def _load_run(run: str):
-    from .config import RecipeConfig, from_dict, load_yaml
-    from .model import MultimodalLM
-
-    run_dir = Path(run)
-    if not (run_dir / "model" / "mmtune_config.json").exists():
-        raise SystemExit(f"{run_dir} holds no trained model (expected {run_dir}/model/mmtune_config.json)")
-    cfg = from_dict(RecipeConfig, load_yaml(run_dir / "config.yaml"), f"{run_dir / 'config.yaml'}: ")
-    return cfg, MultimodalLM.from_pretrained(run_dir / "model")
 
 
 def _eval(args) -> None:
@@ -74,24 +66,6 @@ def _print_eval(result: dict) -> None:
           f"(splits reported separately: {sep})")
     for probe in result.get("probes", []):  # e.g. shuffled_frames: media altered, same questions
         print(f"{probe.replace('_', ' ')}: {num(result[f'{probe}_accuracy'])}")
-
-
-def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> str:
-    from .data.collate import collate
-    from .data.formats.records import parse_record
-    from .recipes.common import example_encoder
-
-    record = parse_record({"id": "chat", "messages": [{"role": "user", "content": f"<image>\n{question}"}],
-                           "images": [str(Path(image).resolve())]}, "chat", Path("."))
-    enc = example_encoder(model, cfg, None)
-    batch = collate([enc.encode_prompt(record)], model.tokenizer.pad_token_id, left_pad=True)
-    new = model.generate(batch, max_new_tokens=max_new_tokens)
-    return model.tokenizer.decode(new[0], skip_special_tokens=True).strip()
-
-
-def _chat(args) -> None:
-    cfg, model = _load_run(args.run)
-    print(answer(model, cfg, args.image, args.question))
 
 
 def _zoo(args) -> None:
@@ -152,9 +126,13 @@ def _demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtune", description=__doc__)
+    p.add_argument("--version", action="version", version=f"mmtune {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="keep the libraries' progress bars and warnings (quiet by default)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a recipe")
+    t = sub.add_parser("train", help="train a recipe", epilog=recipes_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("recipe", help="recipe name, e.g. llava")
     t.add_argument("--config", default="tiny", help="packaged config name or YAML path")
     t.add_argument("--output-dir", required=True)
@@ -168,12 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--data", help="JSONL of questions (default: the run's eval data)")
     e.set_defaults(fn=_eval)
-
-    c = sub.add_parser("chat", help="ask a trained run about an image")
-    c.add_argument("run")
-    c.add_argument("--image", required=True)
-    c.add_argument("question")
-    c.set_defaults(fn=_chat)
 
     z = sub.add_parser("zoo", help="list presets with parameter counts (meta device)")
     z.add_argument("--json", action="store_true")
@@ -194,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default="runs/demo")
     m.add_argument("overrides", nargs="*", help="key.path=value overrides of the tiny config")
     m.set_defaults(fn=_demo)
+    add_chat_parser(sub)
     add_export_parser(sub)
     add_edit_parser(sub)
     return p
@@ -208,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    if not args.verbose:
+        quiet_libraries()
     args.fn(args)
 
 
