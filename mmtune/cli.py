@@ -11,6 +11,7 @@ from . import __version__
 from .chat import add_chat_parser, answer, load_run as _load_run
 from .diffusion.cli import add_edit_parser
 from .export import add_export_parser
+from .plot import add_plot_parser, plot_run
 from .quiet import quiet_libraries, recipes_epilog
 
 
@@ -122,6 +123,8 @@ def _demo(args) -> None:
               f"   (truth: {ex['target']})")
     print(f"\nrun directory: {out / 'run'} (config.yaml, metrics.jsonl, checkpoints, model/, eval.json); "
           f"total {time.perf_counter() - t0:.0f}s")
+    print(f"eval table: {out / 'run' / 'eval.json'}")
+    print(f"curves: {plot_run(out / 'run')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("overrides", nargs="*", help="key.path=value overrides of the tiny config")
     m.set_defaults(fn=_demo)
     add_chat_parser(sub)
+    add_plot_parser(sub)
     add_export_parser(sub)
     add_edit_parser(sub)
     return p

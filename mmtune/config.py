@@ -290,6 +290,7 @@ class TrainConfig:
     on_bad_sample: str = "error"  # error | skip
     num_workers: int = 0
     threads: int = 0  # torch threads on CPU; 0 keeps torch's default
+    report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow (accelerate trackers)
 
 
 @dataclass

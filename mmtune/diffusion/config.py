@@ -55,6 +55,7 @@ class EditTrainConfig:
     threads: int = 0  # torch threads on CPU; 0 keeps torch's default
     num_workers: int = 0
     on_bad_sample: str = "error"  # error | skip (bad JSONL lines; undecodable images always error)
+    report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow (accelerate trackers)
 
 
 @dataclass

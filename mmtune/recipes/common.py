@@ -15,6 +15,7 @@ from ..data.text.instructions import split_turns
 from ..data.formats.records import read_records
 from ..model import MultimodalLM
 from ..train.evaluate import ShuffledFrames, evaluate_qa
+from ..train.trackers import check_report_to, start_trackers, tracker_dir
 from ..zoo import resolve_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -40,7 +41,7 @@ def load_recipe_config(recipe: str, name_or_path: str, overrides: list[str] = ()
     return from_dict(RecipeConfig, data, f"{path}: ")
 
 
-def make_accelerator(mixed_precision: str):
+def make_accelerator(mixed_precision: str, report_to: list[str] = (), run_dir: Path | None = None):
     """Without a GPU, say so: accelerate then joins `torchrun` / `accelerate launch --multi_gpu`
     processes over gloo (multi-CPU) instead of running each one alone."""
     from accelerate import Accelerator
@@ -51,7 +52,8 @@ def make_accelerator(mixed_precision: str):
         # (the test suite, a notebook) must drop that singleton to change it. The process
         # group (PartialState) is kept.
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                       log_with=list(report_to) or None, project_dir=run_dir and tracker_dir(run_dir))
 
 
 def seed_everything(seed: int) -> None:
@@ -130,7 +132,8 @@ def start_run(cfg, train, run_dir: Path):
     """What every recipe does first: the accelerator, torch threads, seeds, and the resolved
     config (any config dataclass) in run_dir/config.yaml. `train` has mixed_precision,
     threads and seed."""
-    accelerator = make_accelerator(train.mixed_precision)
+    accelerator = make_accelerator(train.mixed_precision, check_report_to(train.report_to), run_dir)
+    start_trackers(accelerator, cfg, train.report_to, run_dir)
     if train.threads:
         torch.set_num_threads(train.threads)
     seed_everything(train.seed)

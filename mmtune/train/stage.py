@@ -26,7 +26,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
     the loop early (as if interrupted) — used to test resume.
     """
     stage_dir = Path(run_dir) / name
-    log = MetricsLog(run_dir, enabled=accelerator.is_main_process)
+    log = MetricsLog(run_dir, enabled=accelerator.is_main_process, trackers=accelerator)
     params = trainable_parameters(model)
     if not params:
         raise ValueError(f"stage {name!r}: nothing is trainable")
@@ -69,7 +69,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
                       "padding_efficiency": round(result.seen_tokens / max(result.computed_tokens, 1), 4),
                       "elapsed_s": round(time.perf_counter() - t_start, 2)}
             log.write(record)
-            bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
         if train.save_every and done % train.save_every == 0 and done != stage.max_steps:
             _save(accelerator, stage_dir / f"checkpoint-{done}", model, optimizer, scheduler, done)
     bar.close()
