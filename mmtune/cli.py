@@ -10,6 +10,8 @@ from pathlib import Path
 from . import __version__
 from .chat import add_chat_parser, answer, load_run as _load_run
 from .diffusion.cli import add_edit_parser
+from .data.formats.commands import add_convert_parser
+from .data_inspect import add_inspect_parser
 from .export import add_export_parser
 from .plot import add_plot_parser, plot_run
 from .quiet import quiet_libraries, recipes_epilog
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=int, default=600)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_synth)
+    add_convert_parser(dsub)
+    add_inspect_parser(dsub)
 
     m = sub.add_parser("demo", help="synthesise data, train tiny LLaVA, evaluate, chat (~5 min on CPU)")
     m.add_argument("--out", default="runs/demo")

@@ -41,6 +41,13 @@ def load_recipe_config(recipe: str, name_or_path: str, overrides: list[str] = ()
     return from_dict(RecipeConfig, data, f"{path}: ")
 
 
+def data_file(data_dir: str | Path, name: str) -> Path:
+    """A stage's data file: `name` inside the data folder, or, when `--data` / `data_dir` names a
+    JSONL file, that file for every stage (one converted dataset, e.g. `mmtune data convert`)."""
+    path = Path(data_dir)
+    return path if path.suffix == ".jsonl" and path.is_file() else path / name
+
+
 def make_accelerator(mixed_precision: str, report_to: list[str] = (), run_dir: Path | None = None):
     """Without a GPU, say so: accelerate then joins `torchrun` / `accelerate launch --multi_gpu`
     processes over gloo (multi-CPU) instead of running each one alone."""

@@ -12,7 +12,7 @@ from ..config import RecipeConfig
 from ..model import MultimodalLM
 from ..train.params import parameter_rows, parameter_table, set_trainable
 from ..train.stage import run_stage
-from .common import evaluate_run, start_run, training_data, write_json
+from .common import data_file, evaluate_run, start_run, training_data, write_json
 
 
 def run_stages(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
@@ -33,7 +33,7 @@ def run_stages(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None 
         stage = cfg.stages[name]
         set_trainable(model, stage.train, f"stages.{name}.train")
         accelerator.print(f"[{name}] trainable parameters\n{parameter_table(model)}")
-        dataset, collate_fn, n_bad = training_data(model, cfg, Path(cfg.data_dir) / stage.data,
+        dataset, collate_fn, n_bad = training_data(model, cfg, data_file(cfg.data_dir, stage.data),
                                                    stage.chat_template, stage.task, f"stages.{name}.task")
         result = run_stage(name, model, dataset, collate_fn, stage, cfg.train, accelerator, run_dir,
                            resume=resume, stop_after=stop_after)
