@@ -15,6 +15,7 @@ from .data_inspect import add_inspect_parser
 from .export import add_export_parser
 from .plot import add_plot_parser, plot_run
 from .quiet import quiet_libraries, recipes_epilog
+from .serve import add_serve_parser
 
 
 def _train(args) -> None:
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=_demo)
     add_chat_parser(sub)
     add_plot_parser(sub)
+    add_serve_parser(sub)
     add_export_parser(sub)
     add_edit_parser(sub)
     return p

@@ -2,34 +2,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mmtune.cli import main as cli
 
-from conftest import SMALL
+from conftest import SMALL, repo_env, tiny_llava_run
 
 QUICK = [*SMALL, "stages.pretrain.max_steps=2", "stages.finetune.max_steps=3",
          "stages.pretrain.batch_size=4", "stages.finetune.batch_size=4", "train.log_every=1"]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runtools")
-    data, run = root / "data", root / "run"
-    cli(["data", "synth", "shapes", "--out", str(data), "--n-train", "16", "--n-test", "4"])
-    cli(["train", "llava", "--config", "tiny", "--output-dir", str(run), "--data", str(data), *QUICK,
-         "train.report_to=[tensorboard]"])
-    return data, run
+    return tiny_llava_run(tmp_path_factory.mktemp("runtools"), 16, "train.report_to=[tensorboard]")
 
 
 def test_tensorboard_event_file_holds_the_loss_scalars(run):
@@ -104,9 +92,10 @@ def test_interactive_chat_through_a_pseudo_terminal(run):
     expected = ChatSession(model, cfg, Generation(max_new_tokens=6))
     expected.attach("image", image)
     turns = [expected.ask("what colour is the shape ?"), expected.ask("is it left or right ?")]
+    assert all(turns), "precondition: the tiny model says something"
 
     child = pexpect.spawn(sys.executable, ["-m", "mmtune.cli", "chat", str(run_dir), "--max-new-tokens", "6"],
-                          env=_env(), encoding="utf-8", timeout=120)
+                          env=repo_env(), encoding="utf-8", timeout=120)
     try:
         child.expect("you> ")
         assert "/image PATH" in child.before and "Warning" not in child.before
@@ -151,7 +140,7 @@ def test_version_and_train_help_list_recipes(capsys):
 
 def test_a_plain_command_prints_no_warnings():
     """`mmtune zoo` imports diffusers and peft, which import bitsandbytes when installed."""
-    done = subprocess.run([sys.executable, "-m", "mmtune.cli", "zoo"], env=_env(), capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "mmtune.cli", "zoo"], env=repo_env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
