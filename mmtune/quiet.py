@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 
 def quiet_libraries() -> None:
@@ -19,6 +20,8 @@ def quiet_libraries() -> None:
     # whenever it is installed, and its CPU backend then warns that the optional
     # `kernels` package (a faster 4-bit GEMM) is absent; the fallback it uses is the one tested.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # gradio's queue calls pandas in ways pandas 3 deprecates: a warning per web request.
+    warnings.filterwarnings("ignore", module=r"gradio\.")
 
 
 def quiet_diffusers() -> None:
