@@ -4,7 +4,7 @@
 as scalars named `<stage>/<metric>`, with the resolved config as hyper-parameters. Each
 tracker writes inside the run directory and needs no network: TensorBoard event files in
 RUN/trackers/mmtune/, W&B in offline mode (unless WANDB_MODE says otherwise, then `wandb sync`),
-MLflow to a file store RUN/mlruns (unless MLFLOW_TRACKING_URI is set).
+MLflow to RUN/mlflow.db (SQLite; unless MLFLOW_TRACKING_URI is set).
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def start_trackers(accelerator, cfg, report_to: list[str], run_dir: Path) -> Non
     if "mlflow" in report_to and "MLFLOW_TRACKING_URI" not in os.environ:
         import mlflow
 
-        mlflow.set_tracking_uri((Path(run_dir) / "mlruns").resolve().as_uri())
+        # MLflow 3 keeps its file store in maintenance mode; a SQLite file is its local default.
+        mlflow.set_tracking_uri(f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}")
     accelerator.init_trackers(PROJECT, config=hyperparameters(cfg), init_kwargs=kwargs)
     atexit.register(accelerator.end_training)
 
