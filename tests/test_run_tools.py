@@ -81,6 +81,28 @@ def test_chat_session_keeps_the_conversation(run):
         session.attach("video", data / "images" / "test_00000.png")
 
 
+def test_chat_session_with_video_and_audio(tmp_path):
+    """A Video-LLaMA model reads both media of one message (what `chat --video --audio` attaches)."""
+    import torch
+
+    from mmtune.chat import ChatSession, Generation
+    from mmtune.model import MultimodalLM
+    from mmtune.recipes.common import load_recipe_config
+    from mmtune.synth import av
+
+    av.generate(tmp_path, n_train=2, n_test=1, seed=0)
+    record = json.loads((tmp_path / "test.jsonl").read_text().splitlines()[0])
+    cfg = load_recipe_config("video_llama", "tiny", ["model.preset=tiny-video-llama-av"])
+    torch.manual_seed(0)
+    session = ChatSession(MultimodalLM.build(cfg.model), cfg, Generation(max_new_tokens=3))
+    session.attach("video", tmp_path / record["videos"][0])
+    session.attach("audio", tmp_path / record["audios"][0])
+    reply = session.ask("what do you see and hear ?")
+    assert session.messages[0]["content"] == "<video>\n<audio>\nwhat do you see and hear ?"
+    assert session.messages[1]["content"] == reply
+    assert len(session.media["video"]) == len(session.media["audio"]) == 1 and not session.pending
+
+
 def test_interactive_chat_through_a_pseudo_terminal(run):
     """Drive `mmtune chat RUN` as a person would: attach, ask twice, reset, ask again, quit."""
     pexpect = pytest.importorskip("pexpect")
