@@ -1,4 +1,4 @@
-"""`mmtune ...`: train, eval, chat, zoo, data synth, demo."""
+"""`mmtune ...`: train, eval, chat, plot, serve, zoo, data synth|convert|inspect, demo, export, edit."""
 from __future__ import annotations
 
 import argparse
