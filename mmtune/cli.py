@@ -1,4 +1,4 @@
-"""`mmtune ...`: train, eval, chat, zoo, data synth, demo."""
+"""`mmtune ...`: train, eval, chat, plot, serve, zoo, data synth|convert|inspect, demo, export, edit."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
+from .chat import add_chat_parser, answer, load_run as _load_run
 from .diffusion.cli import add_edit_parser
+from .data.formats.commands import add_convert_parser
+from .data_inspect import add_inspect_parser
 from .export import add_export_parser
+from .plot import add_plot_parser, plot_run
+from .quiet import quiet_libraries, recipes_epilog
+from .serve import add_serve_parser
 
 
 def _recipes():
@@ -38,26 +45,6 @@ def _eval(args) -> None:
         raise FileNotFoundError(f"{args.run} is not a run folder (no run.json): give the --output-dir of `mmtune train`")
     recipe = _recipes().get(name)
     recipe.print_eval(recipe.evaluate(Path(args.run), args.data))
-
-
-def answer(model, cfg, image: str, question: str, max_new_tokens: int = 32) -> str:
-    from .data.collate import collate
-    from .data.formats.records import parse_record
-    from .recipes.common import example_builder
-
-    record = parse_record({"id": "chat", "messages": [{"role": "user", "content": f"<image>\n{question}"}],
-                           "images": [str(Path(image).resolve())]}, "chat", Path("."))
-    enc = example_builder(model, cfg, None)
-    batch = collate([enc.encode_prompt(record)], model.tokenizer.pad_token_id, left_pad=True)
-    new = model.generate(batch, max_new_tokens=max_new_tokens)
-    return model.tokenizer.decode(new[0], skip_special_tokens=True).strip()
-
-
-def _chat(args) -> None:
-    from .recipes.common import load_run
-
-    cfg, model = load_run(args.run)
-    print(answer(model, cfg, args.image, args.question))
 
 
 def _zoo(args) -> None:
@@ -119,14 +106,20 @@ def _demo(args) -> None:
               f"   (truth: {ex['target']})")
     print(f"\nrun directory: {out / 'run'} (config.yaml, metrics.jsonl, checkpoints, model/, eval.json); "
           f"total {time.perf_counter() - t0:.0f}s")
+    print(f"eval table: {out / 'run' / 'eval.json'}")
+    print(f"curves: {plot_run(out / 'run')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtune", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("--version", action="version", version=f"mmtune {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="keep the libraries' progress bars and warnings (quiet by default)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a recipe")
+    t = sub.add_parser("train", help="train a recipe", epilog=recipes_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("recipe", help="recipe name, e.g. llava")
     t.add_argument("--config", default="tiny", help="packaged config name or YAML path")
     t.add_argument("--output-dir", required=True)
@@ -143,12 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="JSONL of questions (default: the run's eval data)")
     e.set_defaults(fn=_eval)
 
-    c = sub.add_parser("chat", help="ask a trained run about an image")
-    c.add_argument("run")
-    c.add_argument("--image", required=True)
-    c.add_argument("question")
-    c.set_defaults(fn=_chat)
-
     z = sub.add_parser("zoo", help="list presets with parameter counts (meta device)")
     z.add_argument("--json", action="store_true")
     z.set_defaults(fn=_zoo)
@@ -163,11 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=int, default=600)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_synth)
+    add_convert_parser(dsub)
+    add_inspect_parser(dsub)
 
     m = sub.add_parser("demo", help="synthesise data, train tiny LLaVA, evaluate, chat (~5 min on CPU)")
     m.add_argument("--out", default="runs/demo")
     m.add_argument("overrides", nargs="*", help="key.path=value overrides of the tiny config")
     m.set_defaults(fn=_demo)
+    add_chat_parser(sub)
+    add_plot_parser(sub)
+    add_serve_parser(sub)
     add_export_parser(sub)
     add_edit_parser(sub)
     return p
@@ -182,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    if not args.verbose:
+        quiet_libraries()
     if args.debug:
         args.fn(args)
         return

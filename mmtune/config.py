@@ -329,6 +329,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # with skip: more skipped updates than this stops the run
     num_workers: int = 0
     threads: int = 0  # torch threads on CPU; 0 keeps torch's default
+    report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow (accelerate trackers)
 
     def __post_init__(self) -> None:
         check_range(self, 1, "max_length", "log_every")

@@ -157,13 +157,18 @@ class MultimodalLM(nn.Module):
         return out.logits
 
     @torch.no_grad()
-    def generate(self, batch: Batch, max_new_tokens: int = 32) -> torch.Tensor:
-        """Greedy continuation of left-padded prompts; returns only the new tokens [B, T_new]."""
+    def generate(self, batch: Batch, max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_p: float = 1.0, streamer=None) -> torch.Tensor:
+        """Continuation of left-padded prompts, greedy at temperature 0 (else sampled with
+        nucleus `top_p`); returns only the new tokens [B, T_new]. A transformers streamer
+        (e.g. `TextIteratorStreamer`) receives the tokens as they are generated."""
         embeds = self.embed(batch)
         tok = self.tokenizer
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
+            else {"do_sample": False}
         return self.llm.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id, streamer=streamer, **sampling)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, out_dir: str | Path) -> None:

@@ -99,3 +99,25 @@ def assert_reads_the_medium(result: dict, types: tuple[str, ...], min_accuracy: 
     assert abs(result["blank_media_accuracy"] - result["chance"]) <= 0.10, result["by_type"]
     for qtype in types:
         assert result["by_type"][qtype]["accuracy"] > result["by_type"][qtype]["chance"] + 0.3, qtype
+
+
+def tiny_llava_run(root, n_train: int = 16, *overrides: str):
+    """Synthesise shapes data in root/data and train the SMALL LLaVA config for a few steps
+    into root/run: a real run directory (config, metrics, model) in seconds."""
+    from mmtune.cli import main as cli
+
+    data, run = root / "data", root / "run"
+    cli(["data", "synth", "shapes", "--out", str(data), "--n-train", str(n_train), "--n-test", "4"])
+    cli(["train", "llava", "--config", "tiny", "--output-dir", str(run), "--data", str(data), *SMALL,
+         "stages.pretrain.max_steps=2", "stages.finetune.max_steps=3", "stages.pretrain.batch_size=4",
+         "stages.finetune.batch_size=4", "train.log_every=1", *overrides])
+    return data, run
+
+
+def repo_env() -> dict:
+    """The environment for a `python -m mmtune.cli` subprocess that imports this checkout."""
+    import os
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}

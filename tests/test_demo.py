@@ -15,5 +15,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     assert "with media" in text and "sample chat" in text and "mmtune chat" in text
     result = json.loads((out / "run" / "eval.json").read_text())
     assert result["n"] == 400 and result["blank_media_accuracy"] is not None
-    for name in ("config.yaml", "metrics.jsonl", "model/mmtune_config.json", "train_summary.json"):
+    # It ends with the paths of the eval table and the curves.
+    assert text.rstrip().endswith(f"eval table: {out / 'run' / 'eval.json'}\ncurves: {out / 'run' / 'curves.png'}")
+    for name in ("config.yaml", "metrics.jsonl", "model/mmtune_config.json", "train_summary.json", "curves.png"):
         assert (out / "run" / name).exists(), name

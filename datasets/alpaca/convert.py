@@ -9,19 +9,14 @@ input after a blank line when it is not empty) and one assistant turn (the outpu
 are "alpaca-<n>", n being the item's 0-based position in the file. Items whose text contains a
 media placeholder (<image>, <video>, <audio>) are left out and counted: the record format would
 read each as a media slot with no file.
+
+The same as `mmtune data convert alpaca ...` (this script passes its arguments on).
 """
 from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats.readers import convert_cli
-
-INPUT_HELP = "alpaca_data.json (a JSON list; .jsonl and .gz are read too)"
-
-
-def main(argv: list[str] | None = None) -> int:
-    return convert_cli(argv, "alpaca", __doc__, INPUT_HELP)
-
+from mmtune.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["data", "convert", "alpaca", *sys.argv[1:]]))

@@ -10,19 +10,14 @@ instruction, then the context after a blank line when it is not empty) and one a
 0-based position in the file (its row index in the Hugging Face dataset). Items whose text
 contains a media placeholder (<image>, <video>, <audio>) are left out and counted: the record
 format would read each as a media slot with no file.
+
+The same as `mmtune data convert dolly ...` (this script passes its arguments on).
 """
 from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats.readers import convert_cli
-
-INPUT_HELP = "databricks-dolly-15k.jsonl (.json lists and .gz are read too)"
-
-
-def main(argv: list[str] | None = None) -> int:
-    return convert_cli(argv, "dolly", __doc__, INPUT_HELP, by_category=True)
-
+from mmtune.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["data", "convert", "dolly", *sys.argv[1:]]))

@@ -15,13 +15,14 @@ one user turn ("i" then "q") and one assistant turn ("a"), <video> opening the f
 --format llava: items {"id", "video", "conversations": [{"from", "value"}, ...]}.
 Video paths in the output are relative to the output file's folder (or absolute with
 --absolute). With --check-videos, items whose video is missing are left out and listed.
+
+The same as `mmtune data convert videochat ...` (this script passes its arguments on).
 """
 from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats.video import VIDEO_INSTRUCT, video_convert_cli
+from mmtune.cli import main
 
 if __name__ == "__main__":
-    sys.exit(video_convert_cli(None, __doc__, "videochat_instruct_11k.json, or a LLaVA-style video JSON / JSONL",
-                               VIDEO_INSTRUCT))
+    sys.exit(main(["data", "convert", "videochat", *sys.argv[1:]]))

@@ -9,13 +9,14 @@ Each row becomes one caption record: a short "describe the video" instruction wi
 answered by the row's caption ("name"). The clip is <page_dir>/<videoid>.mp4 under
 --video-root. Video paths in the output are relative to the output file's folder (or absolute
 with --absolute). With --check-videos, rows whose clip is missing are left out and listed.
+
+The same as `mmtune data convert webvid ...` (this script passes its arguments on).
 """
 from __future__ import annotations
 
 import sys
 
-from mmtune.data.formats.video import WEBVID, video_convert_cli
+from mmtune.cli import main
 
 if __name__ == "__main__":
-    sys.exit(video_convert_cli(None, __doc__, "results_*_train.csv (videoid, contentUrl, duration, page_dir, name)",
-                               WEBVID))
+    sys.exit(main(["data", "convert", "webvid", *sys.argv[1:]]))

@@ -138,6 +138,9 @@ def count_parameters(cfg: EditModelConfig) -> dict[str, int]:
 
 
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> StableDiffusionInstructPix2PixPipeline:
+    from ..quiet import quiet_diffusers
+
+    quiet_diffusers()  # "Loading pipeline components" bars, unless `mmtune --verbose`
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(path), safety_checker=None,
                                                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

@@ -60,10 +60,11 @@ def stage_data(cfg, stage: StageConfig) -> Path:
     return root / stage.data
 
 
-def eval_data(cfg) -> Path:
-    """The held-out file: `eval.data` beside the training data."""
+def eval_data(cfg) -> Path | None:
+    """The held-out file `eval.data` in the data folder; None when the data is a single file
+    (a file beside it may belong to something else: `mmtune eval RUN --data FILE` then)."""
     root = Path(cfg.data_dir or ".")
-    return (root.parent if root.is_file() else root) / cfg.eval.data
+    return None if root.is_file() else root / cfg.eval.data
 
 
 def example_builder(model: MultimodalLM, cfg: RecipeConfig, template_name: str | None,
@@ -120,6 +121,8 @@ def evaluate_saved_run(run_dir: Path, data: str | None = None) -> dict:
     """`mmtune eval RUN`: held-out QA with and without media; writes RUN/eval.json."""
     cfg, model = load_run(run_dir)
     data_file = Path(data) if data else eval_data(cfg)
+    if data_file is None:
+        raise FileNotFoundError(f"{run_dir} trained on a single data file: give the held-out file with --data")
     result = evaluate_run(model, cfg, data_file)
     write_json(Path(run_dir) / "eval.json", result)
     return result

@@ -63,7 +63,7 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
         parts.pipeline().save_pretrained(run_dir / "model")
         write_json(run_dir / "train_summary.json", summary)
         test_file = eval_data(cfg)
-        if evaluate and test_file.exists():
+        if evaluate and test_file is not None and test_file.exists():
             summary["eval"] = evaluate_edit_run(run_dir, cfg, test_file, accelerator.device)
     accelerator.wait_for_everyone()
     return summary
@@ -82,7 +82,10 @@ def _evaluate(run_dir: Path, data: str | None = None) -> dict:
     from ..diffusion.evaluate import evaluate_edit_run
 
     cfg = edit_config_from_run(run_dir)
-    return evaluate_edit_run(run_dir, cfg, Path(data) if data else eval_data(cfg))
+    data_file = Path(data) if data else eval_data(cfg)
+    if data_file is None:
+        raise FileNotFoundError(f"{run_dir} trained on a single data file: give the held-out file with --data")
+    return evaluate_edit_run(run_dir, cfg, data_file)
 
 
 def _print_eval(result: dict) -> None:

@@ -54,7 +54,7 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         model.save_pretrained(run_dir / "model")
         write_json(run_dir / "train_summary.json", summary)
         test_file = eval_data(cfg)
-        if evaluate and test_file.exists():
+        if evaluate and test_file is not None and test_file.exists():
             summary["eval"] = evaluate_run(model, cfg, test_file, accelerator.device)
             write_json(run_dir / "eval.json", summary["eval"])
     accelerator.wait_for_everyone()

@@ -11,13 +11,15 @@ import numpy as np
 import torch
 
 from ..config import save_yaml
+from .trackers import check_report_to, start_trackers, tracker_dir
 
 RUN_FILE = "run.json"  # {"recipe": name}: which recipe's tools read this run folder
 
 
-def make_accelerator(mixed_precision: str):
+def make_accelerator(mixed_precision: str, report_to: list[str] = (), run_dir: Path | None = None):
     """Without a GPU, say so: accelerate then joins `torchrun` / `accelerate launch --multi_gpu`
-    processes over gloo (multi-CPU) instead of running each one alone."""
+    processes over gloo (multi-CPU) instead of running each one alone. `report_to`: accelerate's
+    trackers, writing under run_dir (see train/trackers.py)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -26,7 +28,8 @@ def make_accelerator(mixed_precision: str):
         # (the test suite, a notebook) must drop that singleton to change it. The process
         # group (PartialState) is kept.
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                       log_with=list(report_to) or None, project_dir=run_dir and tracker_dir(run_dir))
 
 
 def seed_everything(seed: int) -> None:
@@ -52,7 +55,8 @@ def start_run(recipe: str, cfg, train, run_dir: Path):
     """The accelerator, torch threads, seeds, and the resolved config (any config dataclass)
     in run_dir/config.yaml with the recipe's name in run_dir/run.json. `train` is the
     config's TrainConfig."""
-    accelerator = make_accelerator(train.mixed_precision)
+    accelerator = make_accelerator(train.mixed_precision, check_report_to(train.report_to), run_dir)
+    start_trackers(accelerator, cfg, train.report_to, run_dir)
     if train.threads:
         torch.set_num_threads(train.threads)
     seed_everything(train.seed)

@@ -54,7 +54,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     """
     stage_dir = Path(run_dir) / name
     rank, world = accelerator.process_index, accelerator.num_processes
-    log = MetricsLog(run_dir, enabled=accelerator.is_main_process)
+    log = MetricsLog(run_dir, enabled=accelerator.is_main_process, trackers=accelerator)
     params = trainable_parameters(model)
     if not params:
         raise ValueError(f"stage {name!r}: nothing is trainable")

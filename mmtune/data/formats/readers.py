@@ -16,7 +16,6 @@ errors, so a bad item among hundreds of thousands can be found and fixed by hand
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -356,45 +355,6 @@ def convert_file(input: str | os.PathLike, out: str | os.PathLike, fmt: str, lim
 
     counts["written"] = write_jsonl(records(), out)
     return counts
-
-
-def parse_convert_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse a converter's arguments; exit with a usage error (2) unless --input is a file and
-    --limit, when given, is >= 0."""
-    args = ap.parse_args(argv)
-    if not args.input.is_file():
-        ap.error(f"--input {args.input} is not a file")
-    if args.limit is not None and args.limit < 0:
-        ap.error("--limit must be >= 0")
-    return args
-
-
-def convert_cli(argv: list[str] | None, fmt: str, doc: str, input_help: str,
-                by_category: bool = False) -> int:
-    """The command line of a text dataset's `datasets/<fmt>/convert.py`; returns its exit code.
-
-    Takes --input, --out and --limit (first N items), converts with convert_file (record ids
-    "<fmt>-<n>") and prints what was read, skipped and written, then the records per category
-    with `by_category`. `doc` is the script's docstring (its first line describes the command).
-    Bad arguments exit with 2; a read or write error is printed as "error: ..." and returns 1.
-    """
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--input", required=True, type=Path, help=input_help)
-    ap.add_argument("--out", required=True, type=Path, help="output .jsonl")
-    ap.add_argument("--limit", type=int, help="convert only the first N items")
-    args = parse_convert_args(ap, argv)
-    try:
-        counts = convert_file(args.input, args.out, fmt, args.limit, id_prefix=fmt)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"read {counts['read']} items from {args.input}")
-    print(f"skipped {counts['skipped']} items (media placeholder in the text)")
-    print(f"wrote {counts['written']} records to {args.out}")
-    if by_category:
-        for category, n in sorted(counts["categories"].items()):
-            print(f"  {category}: {n}")
-    return 0
 
 
 def __getattr__(name: str) -> Any:

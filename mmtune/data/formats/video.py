@@ -12,13 +12,10 @@ Readers follow `formats`' conventions: `reader(item, where) -> record`, errors n
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from .convert import convert_records
 from .readers import _LLAVA_ROLES, _field, _make, _record_id, _turns, read_json_or_jsonl
 
 VIDEO = "<video>"
@@ -83,46 +80,7 @@ def from_llava_video(item: dict, where: str) -> dict:
     return _make(_record_id(item, where), messages, where, {"videos": [video]})
 
 
-def video_convert_cli(argv: list[str] | None, doc: str, input_help: str,
-                      readers: dict[str, tuple[Callable, Callable]]) -> int:
-    """The command line of datasets/{webvid,videochat}/convert.py; returns the exit code.
-
-    `readers`: --format name -> (read_items(path) -> (where, item)s, reader(item, where, index)).
-    """
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--input", required=True, type=Path, help=input_help)
-    ap.add_argument("--video-root", required=True, type=Path, help="folder the video paths are relative to")
-    ap.add_argument("--out", required=True, type=Path, help="output .jsonl")
-    if len(readers) > 1:
-        ap.add_argument("--format", choices=sorted(readers), default=next(iter(readers)))
-    ap.add_argument("--check-videos", action="store_true", help="leave out, and list, items whose video is missing")
-    ap.add_argument("--limit", type=int, help="convert only the first N items")
-    ap.add_argument("--absolute", action="store_true",
-                    help="write absolute video paths instead of paths relative to --out's folder")
-    args = ap.parse_args(argv)
-    if not args.input.is_file():
-        ap.error(f"--input {args.input} is not a file")
-    if not args.video_root.is_dir():
-        ap.error(f"--video-root {args.video_root} is not a directory")
-    if args.limit is not None and args.limit < 0:
-        ap.error("--limit must be >= 0")
-    read_items, reader = readers[getattr(args, "format", next(iter(readers)))]
-    try:
-        counts = convert_records(read_items(args.input), reader, "videos", args.video_root, args.out,
-                                 args.check_videos, args.limit, args.absolute)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"read {counts['read']} items from {args.input}")
-    print(f"wrote {counts['written']} records to {args.out}")
-    if args.check_videos:
-        print(f"missing videos: {counts['missing']} (items left out)")
-    else:
-        print("videos not checked (pass --check-videos to find missing files)")
-    return 0
-
-
-# --format name -> (items of the input file, reader) for each converter script
+# --video-format name -> (items of the input file, reader), for `mmtune data convert`
 WEBVID = {"webvid": (read_webvid_csv, from_webvid)}
 VIDEO_INSTRUCT = {"videochat": (read_json_or_jsonl, lambda item, where, index: from_videochat(item, where)),
                   "llava": (read_json_or_jsonl, lambda item, where, index: from_llava_video(item, where))}
