@@ -1,0 +1,71 @@
+"""Released checkpoints in, standard checkpoints out.
+
+Import (`from_hf`, `MultimodalLM.from_hf`, `model.init_from`), by the folder's `model_type`:
+  llava         transformers LlavaForConditionalGeneration (llava-hf; CLIP or SigLIP tower)
+  instructblip  transformers InstructBlipForConditionalGeneration
+  blip-2        transformers Blip2ForConditionalGeneration (decoder-only LLMs)
+  llava_llama   the original LLaVA repo (LlavaLlamaForCausalLM, model.mm_projector.*,
+                mm_vision_tower naming a local CLIP folder)
+plus a saved mmtune model folder, and a stage-1 projector file (`mm_projector.bin` /
+`.safetensors`, LLaVA's --pretrain_mm_mlp_adapter) loaded into a model built from config.
+
+Export (`export_hf`): LlavaForConditionalGeneration + LlavaProcessor, or
+InstructBlipForConditionalGeneration / Blip2ForConditionalGeneration + processor; anything
+else is refused (ExportRefused naming the part) before a file is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ModelConfig
+from .parts import ExportRefused, read_config
+
+__all__ = ["ExportRefused", "export_hf", "from_hf", "check_exportable"]
+
+
+def _importers() -> dict:
+    from . import blip, llava_hf, llava_original
+
+    return {"llava": llava_hf.load, "instructblip": blip.load_instructblip, "blip-2": blip.load_blip2,
+            **{t: llava_original.load for t in llava_original.LLM_TYPES}}
+
+
+def from_hf(path: str | Path, settings: ModelConfig | None = None):
+    """A MultimodalLM from a released checkpoint folder (see the module docstring).
+    `settings`: a recipe's `model:` section, of which only the training choices apply
+    (llm.lora / dtype / quantize, encoders.<m>.trainable, tokenizer.chat_template)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a checkpoint folder")
+    model_type = read_config(folder).get("model_type")
+    importers = _importers()
+    if model_type not in importers:
+        raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} is not one mmtune imports "
+                         f"({', '.join(importers)})")
+    return importers[model_type](folder, settings)
+
+
+def _exporters() -> dict:
+    from . import blip, llava_hf
+
+    return {"mlp2x_gelu": (llava_hf.check, llava_hf.export), "qformer": (blip.check, blip.export)}
+
+
+def check_exportable(model) -> None:
+    """Raise ExportRefused naming the part no transformers class expresses."""
+    proj_types = {p.type for p in model.config.projectors.values()}
+    exporters = _exporters()
+    if len(proj_types) != 1 or next(iter(proj_types)) not in exporters:
+        raise ExportRefused(f"projectors {sorted(proj_types)}: transformers classes hold one image projector "
+                            f"of type {' or '.join(exporters)}")
+    exporters[next(iter(proj_types))][0](model)
+
+
+def export_hf(model, out: str | Path) -> Path:
+    """Write a full-precision, adapter-free `model` as a transformers folder `out`."""
+    check_exportable(model)
+    exporters = _exporters()
+    (proj_type,) = {p.type for p in model.config.projectors.values()}
+    out = Path(out)
+    exporters[proj_type][1](model, out)
+    return out

@@ -1,0 +1,1 @@
+LLM_TYPES = {}

@@ -1,0 +1,59 @@
+"""Tiny "released" checkpoints, built offline with transformers' own classes and saved to a
+folder, as llava-hf / Salesforce / the original LLaVA repo publish them (random init)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import tiny_clip_arch, tiny_llm_arch, tiny_siglip_arch
+from PIL import Image
+
+from mmtune.data.text.tokenizer import build_word_tokenizer, synthetic_words
+from mmtune.interop.templates import parts_template
+
+
+def _llm_kwargs() -> dict:
+    arch = tiny_llm_arch()
+    arch.pop("model_type")
+    return arch
+
+
+def word_tokenizer():
+    tok = build_word_tokenizer(synthetic_words())
+    tok.chat_template = parts_template(tok.chat_template)
+    return tok
+
+
+def llava_hf(folder: Path, tower: str = "clip", seed: int = 0):
+    """LlavaForConditionalGeneration + LlavaProcessor in `folder`; returns the model (eval)."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaImageProcessor, LlavaProcessor, SiglipVisionConfig)
+    from mmtune.encoders.hf_vision import CLIP_MEAN, CLIP_STD
+
+    tok = word_tokenizer()
+    clip = tower == "clip"
+    vision = CLIPVisionConfig(**tiny_clip_arch()) if clip else SiglipVisionConfig(**tiny_siglip_arch())
+    strategy = "default" if clip else "full"
+    config = LlavaConfig(vision_config=vision.to_dict(), text_config=LlamaConfig(**_llm_kwargs()).to_dict(),
+                         image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                         vision_feature_select_strategy=strategy)
+    torch.manual_seed(seed)
+    hf = LlavaForConditionalGeneration(config).eval()
+    hf.save_pretrained(folder)
+    size = vision.image_size
+    if clip:
+        images = LlavaImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                     image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_pad=True)
+    else:
+        images = LlavaImageProcessor(size={"height": size, "width": size}, do_center_crop=False,
+                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=vision.patch_size,
+                   vision_feature_select_strategy=strategy, chat_template=tok.chat_template,
+                   num_additional_image_tokens=1 if clip else 0).save_pretrained(folder)
+    return hf
+
+
+def image(seed: int = 0, size: int = 32) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
