@@ -57,3 +57,30 @@ def llava_hf(folder: Path, tower: str = "clip", seed: int = 0):
 def image(seed: int = 0, size: int = 32) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def blip(folder: Path, instruction_aware: bool, seed: int = 0):
+    """InstructBlipForConditionalGeneration (or Blip2ForConditionalGeneration) + its processor."""
+    import transformers
+    from mmtune.encoders.hf_vision import CLIP_MEAN, CLIP_STD
+
+    names = (("InstructBlip", "InstructBlipProcessor") if instruction_aware else ("Blip2", "Blip2Processor"))
+    cls = lambda suffix: getattr(transformers, names[0] + suffix)  # noqa: E731
+    tok = word_tokenizer()
+    vision = cls("VisionConfig")(**tiny_clip_arch())
+    qformer = cls("QFormerConfig")(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   encoder_hidden_size=32, cross_attention_frequency=1, vocab_size=len(tok))
+    config = cls("Config")(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                           text_config=transformers.LlamaConfig(**_llm_kwargs()).to_dict(), num_query_tokens=4,
+                           image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(seed)
+    hf = cls("ForConditionalGeneration")(config).eval()
+    with torch.no_grad():  # the init leaves query tokens at zero: make every part matter
+        hf.query_tokens.normal_(0, 0.5)
+    hf.save_pretrained(folder)
+    images = transformers.BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=list(CLIP_MEAN),
+                                             image_std=list(CLIP_STD))
+    extra = {"qformer_tokenizer": build_word_tokenizer(synthetic_words())} if instruction_aware else {}
+    getattr(transformers, names[1])(image_processor=images, tokenizer=tok, num_query_tokens=4,
+                                    **extra).save_pretrained(folder)
+    return hf
