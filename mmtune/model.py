@@ -66,6 +66,10 @@ class MultimodalLM(nn.Module):
     @classmethod
     def build(cls, cfg: ModelConfig) -> "MultimodalLM":
         """Build every part from config (weights from paths where given, random otherwise)."""
+        if cfg.init_from is not None:
+            from .interop import init_from
+
+            return init_from(cfg)
         llm = load_llm(cfg.llm)
         d_llm = llm.get_input_embeddings().embedding_dim
         encoders, projectors = {}, {}

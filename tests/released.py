@@ -84,3 +84,36 @@ def blip(folder: Path, instruction_aware: bool, seed: int = 0):
     getattr(transformers, names[1])(image_processor=images, tokenizer=tok, num_query_tokens=4,
                                     **extra).save_pretrained(folder)
     return hf
+
+
+def llava_original(folder: Path, hf, tower_dir: Path) -> dict:
+    """The original LLaVA repo's layout of llava-hf model `hf` (CLIP tower, 'default' strategy),
+    as transformers' convert_llava_weights_to_hf.py reads it: LLM keys `model.*` / `lm_head.*`,
+    the projector as `model.mm_projector.{0,2}.*`, the tower in its own folder named by
+    `mm_vision_tower`. Returns the projector tensors (a stage-1 file's content)."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor
+    from mmtune.encoders.hf_vision import CLIP_MEAN, CLIP_STD
+
+    c = hf.config
+    hf.model.vision_tower.save_pretrained(tower_dir)
+    size = c.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                       image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(tower_dir)
+    proj = hf.model.multi_modal_projector
+    projector = {f"model.mm_projector.{i}.{k}": v.clone() for i, layer in ((0, proj.linear_1), (2, proj.linear_2))
+                 for k, v in layer.state_dict().items()}
+    state = {f"model.{k}": v.clone() for k, v in hf.model.language_model.state_dict().items()}
+    state.update({"lm_head.weight": hf.lm_head.weight.clone(), **projector})
+    folder.mkdir(parents=True)
+    save_file(state, folder / "model.safetensors")
+    config = {**c.text_config.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+              "mm_vision_tower": str(tower_dir), "mm_vision_select_layer": c.vision_feature_layer,
+              "mm_vision_select_feature": "patch", "mm_projector_type": "mlp2x_gelu",
+              "mm_hidden_size": c.vision_config.hidden_size, "image_aspect_ratio": "pad",
+              "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "tune_mm_mlp_adapter": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    word_tokenizer().save_pretrained(folder)
+    return projector

@@ -20,7 +20,8 @@ from pathlib import Path
 from ..config import ModelConfig
 from .parts import ExportRefused, read_config
 
-__all__ = ["ExportRefused", "export_hf", "from_hf", "check_exportable"]
+__all__ = ["ExportRefused", "check_exportable", "export_hf", "from_hf", "init_from"]
+PROJECTOR_FILES = (".bin", ".pt", ".safetensors")
 
 
 def _importers() -> dict:
@@ -43,6 +44,25 @@ def from_hf(path: str | Path, settings: ModelConfig | None = None):
         raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} is not one mmtune imports "
                          f"({', '.join(importers)})")
     return importers[model_type](folder, settings)
+
+
+def init_from(cfg: ModelConfig):
+    """`model.init_from`: a released folder (its model, `cfg`'s training choices), or a stage-1
+    projector file loaded into the model `cfg` describes."""
+    import dataclasses
+
+    from ..model import MultimodalLM
+    from .llava_original import load_projector_file
+
+    path = Path(cfg.init_from)
+    if path.is_file() and path.suffix in PROJECTOR_FILES:
+        model = MultimodalLM.build(dataclasses.replace(cfg, init_from=None))
+        load_projector_file(model, path)
+        return model
+    if not path.is_dir():
+        raise FileNotFoundError(f"model.init_from: {path} is neither a checkpoint folder nor a projector file "
+                                f"({', '.join(PROJECTOR_FILES)})")
+    return from_hf(path, cfg)
 
 
 def _exporters() -> dict:
