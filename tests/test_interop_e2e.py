@@ -1,0 +1,88 @@
+"""The whole path: a released llava-hf folder -> `mmtune train ... model.init_from=DIR` with LoRA
+-> `mmtune export --format hf` -> a fresh Python process with transformers alone generates the
+same tokens as mmtune."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from released import llava_hf
+
+from mmtune.cli import main as cli
+
+# Runs with mmtune made unimportable: the folder must stand on transformers alone.
+FRESH = r"""
+import json, sys
+sys.modules["mmtune"] = None  # any `import mmtune` now fails
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+out, image, question = sys.argv[1:4]
+model = AutoModelForImageTextToText.from_pretrained(out).eval()
+processor = AutoProcessor.from_pretrained(out)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(images=Image.open(image), text=prompt, return_tensors="pt")
+with torch.no_grad():
+    ids = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+new = ids[0, inputs["input_ids"].shape[1]:].tolist()
+print(json.dumps({"class": type(model).__name__, "tokens": new,
+                  "text": processor.decode(new, skip_special_tokens=True).strip()}))
+"""
+
+
+def mmtune_tokens(run, image: str, question: str) -> list[int]:
+    """`mmtune chat`'s own path (cli.answer), keeping the token ids."""
+    from mmtune.cli import _load_run
+    from mmtune.data.collate import collate
+    from mmtune.data.formats.records import parse_record
+    from mmtune.recipes.common import example_encoder
+
+    cfg, model = _load_run(str(run))
+    record = parse_record({"id": "q", "messages": [{"role": "user", "content": f"<image>\n{question}"}],
+                           "images": [image]}, "q", run)
+    batch = collate([example_encoder(model, cfg, None).encode_prompt(record)], model.tokenizer.pad_token_id,
+                    left_pad=True)
+    return model.eval().generate(batch, max_new_tokens=6)[0].tolist()
+
+
+def test_released_llava_finetunes_with_lora_and_exports_to_transformers(tmp_path, capsys):
+    llava_hf(tmp_path / "released", "clip")
+    data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "out"
+    cli(["data", "synth", "shapes", "--out", str(data), "--n-train", "40", "--n-test", "8"])
+    cli(["train", "llava", "--config", "tiny-hf", "--output-dir", str(run), "--data", str(data),
+         "--stage", "finetune", f"model.init_from={tmp_path / 'released'}", "model.llm.lora.r=8",
+         "stages.finetune.max_steps=20", "stages.finetune.batch_size=4", "stages.finetune.warmup_steps=2",
+         "train.mixed_precision=no", "eval.limit=4"])
+    assert (run / "model" / "llm_adapter").exists()  # trained with LoRA
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(m["step"] for m in metrics if "step" in m) == 20
+
+    cli(["export", str(run), "--format", "hf", "--out", str(out)])
+    assert "AutoModelForImageTextToText" in capsys.readouterr().out
+    test = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines()]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for record in test[:2]:
+        image = str(data / record["images"][0])
+        question = record["messages"][0]["content"].replace("<image>", "").strip()
+        done = subprocess.run([sys.executable, "-c", FRESH, str(out), image, question], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        hf = json.loads(done.stdout.strip().splitlines()[-1])
+        assert hf["class"] == "LlavaForConditionalGeneration"
+        ours = mmtune_tokens(run, image, question)
+        assert hf["tokens"] == ours[:len(hf["tokens"])] and len(hf["tokens"]) > 0
+        assert ours[len(hf["tokens"]):] in ([], [0] * (len(ours) - len(hf["tokens"])))  # only padding after EOS
+
+
+@pytest.mark.parametrize("options", ["token_merge: 2", "pos_embed: true"])
+def test_a_model_no_transformers_class_expresses_is_refused_before_writing(tmp_path, tiny_model, options):
+    key, value = options.split(": ")
+    model = tiny_model(projectors={"image": {"options": {key: int(value) if value.isdigit() else True}}})
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(SystemExit, match="token merge 2x2|position code"):
+        cli(["export", str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]
