@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .diffusion.cli import add_edit_parser
-from .export import add_export_parser
+from .export import add_export_parser, export_hint
 
 
 def _train(args) -> None:
@@ -148,6 +148,7 @@ def _demo(args) -> None:
               f"   (truth: {ex['target']})")
     print(f"\nrun directory: {out / 'run'} (config.yaml, metrics.jsonl, checkpoints, model/, eval.json); "
           f"total {time.perf_counter() - t0:.0f}s")
+    print(export_hint(model, out / "run"))
 
 
 def build_parser() -> argparse.ArgumentParser:

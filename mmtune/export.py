@@ -176,3 +176,17 @@ def add_export_parser(subparsers):
     x.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the written weights")
     x.set_defaults(fn=_export)
     return x
+
+
+def export_hint(model, run_dir: str | Path) -> str:
+    """The export command for a trained run, as the demo prints it: to transformers when a
+    transformers class expresses the model, else the merged mmtune format and why."""
+    from .interop import ExportRefused, check_exportable
+
+    run = Path(run_dir)
+    try:
+        check_exportable(model)
+    except ExportRefused as e:
+        return (f"export: mmtune export {run} --merge --out {run}-merged   (not to transformers: {e}; "
+                "`--config tiny-hf` trains a tiny LLaVA that exports)")
+    return f"export to transformers: mmtune export {run} --format hf --out {run}-hf"
