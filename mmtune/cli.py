@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .diffusion.cli import add_edit_parser
-from .export import add_export_parser, export_hint
+from .export import add_export_parser, add_import_parser, export_hint
 
 
 def _train(args) -> None:
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("overrides", nargs="*", help="key.path=value overrides of the tiny config")
     m.set_defaults(fn=_demo)
     add_export_parser(sub)
+    add_import_parser(sub)
     add_edit_parser(sub)
     return p
 

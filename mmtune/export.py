@@ -35,24 +35,20 @@ def resolve_model_dir(run_or_model_dir: str | Path) -> Path:
 
 
 def _full_precision_view(src: Path, into: Path) -> Path:
-    """A directory that reads as `src` but whose config loads the LLM unquantised in fp32:
-    links to every entry of `src` plus a rewritten mmtune_config.json."""
-    view = into / "model"
-    view.mkdir()
-    for entry in src.iterdir():
-        if entry.name != CONFIG:
-            (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
-    cfg = json.loads((src / CONFIG).read_text())
-    llm = cfg.setdefault("llm", {})
-    llm["quantize"] = None  # never merge into 4-bit weights: the base is loaded in full precision
-    llm["quantize_embeddings"] = False  # embeddings / lm_head too: the saved base's own, not NF4's
-    llm["dtype"] = "float32"  # merge in fp32 whatever the training dtype; cast when writing
-    base = llm.get("path")
-    if base is not None and Path(base).is_absolute() and not Path(base).exists():
-        raise FileNotFoundError(f"{src / CONFIG}: the base LLM {base} it was trained on is gone; "
-                                "the adapter can only be merged into the weights it was trained on")
-    (view / CONFIG).write_text(json.dumps(cfg, indent=2))
-    return view
+    """A directory that reads as `src` but whose config loads the LLM unquantised in fp32."""
+    from .interop.parts import config_view
+
+    def edit(cfg: dict) -> None:
+        llm = cfg.setdefault("llm", {})
+        llm["quantize"] = None  # never merge into 4-bit weights: the base is loaded in full precision
+        llm["quantize_embeddings"] = False  # embeddings / lm_head too: the saved base's own, not NF4's
+        llm["dtype"] = "float32"  # merge in fp32 whatever the training dtype; cast when writing
+        base = llm.get("path")
+        if base is not None and Path(base).is_absolute() and not Path(base).exists():
+            raise FileNotFoundError(f"{src / CONFIG}: the base LLM {base} it was trained on is gone; "
+                                    "the adapter can only be merged into the weights it was trained on")
+
+    return config_view(src, into, edit)
 
 
 def _check_out(out: Path) -> None:
@@ -175,6 +171,28 @@ def add_export_parser(subparsers):
     x.add_argument("--out", required=True, help="new output directory")
     x.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the written weights")
     x.set_defaults(fn=_export)
+    return x
+
+
+def _import(args) -> None:
+    from .model import MultimodalLM
+
+    out = Path(args.out)
+    try:
+        _check_out(out)
+        model = MultimodalLM.from_hf(args.folder)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise SystemExit(f"mmtune import: {e}") from None
+    model.save_pretrained(out)
+    print(f"wrote {out}: a saved mmtune model (MultimodalLM.from_pretrained, or model.init_from={out})")
+
+
+def add_import_parser(subparsers):
+    x = subparsers.add_parser("import", help="convert a released checkpoint folder (llava-hf, InstructBLIP, "
+                                             "BLIP-2, original LLaVA) into a saved mmtune model")
+    x.add_argument("folder", help="the released checkpoint folder")
+    x.add_argument("--out", required=True, help="new output directory")
+    x.set_defaults(fn=_import)
     return x
 
 

@@ -86,3 +86,28 @@ def test_a_model_no_transformers_class_expresses_is_refused_before_writing(tmp_p
     with pytest.raises(SystemExit, match="token merge 2x2|position code"):
         cli(["export", str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_qlora_on_a_released_llava_through_mmtune_import(tmp_path, capsys):
+    """QLoRA quantises while an LLM checkpoint loads: `mmtune import` gives the LLM one, then
+    `model.init_from` + `quantize: nf4` trains adapters on it, and the export merges them into
+    the full-precision base."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForImageTextToText
+
+    llava_hf(tmp_path / "released", "clip")
+    data, run, converted = tmp_path / "data", tmp_path / "run", tmp_path / "converted"
+    cli(["data", "synth", "shapes", "--out", str(data), "--n-train", "16", "--n-test", "4"])
+    with pytest.raises(ValueError, match="mmtune import"):  # straight from the released folder: refused
+        cli(["train", "llava", "--config", "tiny-hf", "--output-dir", str(tmp_path / "no"), "--data", str(data),
+             "--stage", "finetune", f"model.init_from={tmp_path / 'released'}", "model.llm.quantize=nf4"])
+    cli(["import", str(tmp_path / "released"), "--out", str(converted)])
+    cli(["train", "llava", "--config", "tiny-hf", "--output-dir", str(run), "--data", str(data), "--stage", "finetune",
+         f"model.init_from={converted}", "model.llm.quantize=nf4", "model.llm.lora.r=8",
+         "stages.finetune.max_steps=3", "stages.finetune.batch_size=4", "train.mixed_precision=no", "eval.limit=2"])
+    saved = json.loads((run / "model" / "mmtune_config.json").read_text())["llm"]
+    assert saved["quantize"] == "nf4" and saved["path"] == str((converted / "llm").resolve())
+    cli(["export", str(run), "--format", "hf", "--out", str(tmp_path / "out")])
+    hf = AutoModelForImageTextToText.from_pretrained(tmp_path / "out")
+    assert getattr(hf.config, "quantization_config", None) is None
+    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in hf.parameters())

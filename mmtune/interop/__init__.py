@@ -62,7 +62,38 @@ def init_from(cfg: ModelConfig):
     if not path.is_dir():
         raise FileNotFoundError(f"model.init_from: {path} is neither a checkpoint folder nor a projector file "
                                 f"({', '.join(PROJECTOR_FILES)})")
+    if (path / "mmtune_config.json").exists():
+        return _saved(path, cfg)
     return from_hf(path, cfg)
+
+
+def _saved(path: Path, settings: ModelConfig):
+    """A saved mmtune model (e.g. a released folder converted by `mmtune import`) with the recipe's
+    training choices. Its LLM is a checkpoint of its own, so `llm.quantize: nf4` (QLoRA) works."""
+    import tempfile
+
+    from ..model import MultimodalLM
+    from .parts import config_view
+
+    def edit(cfg: dict) -> None:
+        if (path / "llm_adapter").exists():
+            raise ValueError(f"model.init_from: {path} holds a LoRA adapter: merge it first "
+                             f"(mmtune export {path} --merge --out DIR)")
+        s = settings.llm
+        cfg["llm"].update(dtype=s.dtype, quantize=s.quantize, quantize_embeddings=s.quantize_embeddings,
+                          lora={"r": s.lora.r, "alpha": s.lora.alpha, "dropout": s.lora.dropout,
+                                "target_modules": s.lora.target_modules})
+        for m, enc in settings.encoders.items():
+            if m in cfg["encoders"]:
+                cfg["encoders"][m]["trainable"] = enc.trainable
+        if settings.tokenizer.chat_template is not None:
+            cfg["tokenizer"]["chat_template"] = settings.tokenizer.chat_template
+
+    with tempfile.TemporaryDirectory(prefix="mmtune-init-") as tmp:
+        model = MultimodalLM.from_pretrained(config_view(path, Path(tmp), edit))
+        # The base an adapter is saved against: the link's target, not the view that goes now.
+        model.config.llm.path = str(Path(model.config.llm.path).resolve())
+    return model
 
 
 def _exporters() -> dict:

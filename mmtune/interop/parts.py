@@ -95,8 +95,23 @@ def no_quantize(settings: ModelConfig | None, folder) -> None:
         raise ValueError(
             f"model.llm.quantize with model.init_from={folder}: 4-bit weights are quantised while an LLM "
             "checkpoint loads, and this folder holds a whole multimodal model. Convert it once with "
-            f"`mmtune export {folder} --format mmtune --out DIR` and set model.init_from=DIR.")
+            f"`mmtune import {folder} --out DIR` (the LLM then has a checkpoint of its own) and set "
+            "model.init_from=DIR.")
 
 
-__all__ = ["ExportRefused", "LLMConfig", "arch_of", "causal_lm", "decoder_and_head", "imported_config",
+def config_view(src: Path, into: Path, edit) -> Path:
+    """A folder that reads as the saved MultimodalLM `src` but with its mmtune_config.json changed
+    by `edit(dict)`: links to every other entry of `src` (nothing is copied), in `into`/model."""
+    view = into / "model"
+    view.mkdir()
+    for entry in src.iterdir():
+        if entry.name != "mmtune_config.json":
+            (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    cfg = json.loads((src / "mmtune_config.json").read_text())
+    edit(cfg)
+    (view / "mmtune_config.json").write_text(json.dumps(cfg, indent=2))
+    return view
+
+
+__all__ = ["config_view", "ExportRefused", "LLMConfig", "arch_of", "causal_lm", "decoder_and_head", "imported_config",
            "processor_fields", "read_config"]
