@@ -50,3 +50,20 @@ def test_llava_hf_imports_with_the_same_logits_and_exports_the_same_tensors(tmp_
     inputs2, _ = hf_inputs(tmp_path / "out")
     assert torch.equal(inputs2["input_ids"], inputs["input_ids"])
     assert torch.equal(inputs2["pixel_values"], inputs["pixel_values"])
+
+
+def test_a_template_for_content_parts_only_must_be_replaced_by_name(tmp_path):
+    """llava-hf's own templates read content parts; mmtune's records are strings."""
+    from transformers import AutoTokenizer
+
+    from mmtune.config import ModelConfig, TokenizerConfig
+
+    llava_hf(tmp_path / "hf", "clip")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    tok.chat_template = ("{% for m in messages %}{{ m.role.upper() }}: {% for c in m['content'] | "
+                         "selectattr('type', 'equalto', 'text') %}{{ c['text'] }}{% endfor %} {% endfor %}")
+    tok.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="renders no plain-text message content"):
+        MultimodalLM.from_hf(tmp_path / "hf")
+    model = MultimodalLM.from_hf(tmp_path / "hf", ModelConfig(tokenizer=TokenizerConfig(chat_template="user_assistant")))
+    assert model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<s>USER: hi "

@@ -24,6 +24,7 @@ from ..encoders.base import ImageSpec
 from ..encoders.hf_vision import HFVisionEncoder
 from ..llm import torch_dtype
 from ..projectors.qformer import QFormerProjector, hf_qformer_key, load_hf_qformer
+from .templates import check_string_content
 from .parts import ExportRefused, arch_of, imported_config, llm_dtype, no_quantize, processor_fields
 
 QFORMER_TOKENIZER = "qformer_tokenizer"  # InstructBlipProcessor's subfolder for it
@@ -78,6 +79,7 @@ def _load(folder, settings: ModelConfig | None, model_cls, instruction_aware: bo
     cfg = imported_config(hf.language_model, dtype, settings, {"image": enc_cfg}, {"image": proj_cfg},
                           str(Path(folder).resolve()))
     tokenizer = load_tokenizer(cfg.tokenizer, None, media=("image",))
+    check_string_content(tokenizer, folder)
     image_id = tokenizer.convert_tokens_to_ids(MEDIA_TOKENS["image"])
     if image_id != c.image_token_id:
         raise ValueError(f"{folder}: cannot import: the tokenizer's {MEDIA_TOKENS['image']} is id {image_id}, "

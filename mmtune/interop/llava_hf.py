@@ -22,7 +22,7 @@ from ..llm import torch_dtype
 from ..projectors.mlp import MLPProjector
 from .parts import (ExportRefused, arch_of, causal_lm, decoder_and_head, imported_config, llm_dtype, no_quantize,
                     processor_fields)
-from .templates import parts_template
+from .templates import check_string_content, parts_template
 
 # transformers vision-config type -> (mmtune encoder type, has a CLS token, plain processor class)
 TOWERS = {"clip_vision_model": ("hf_clip", True, "CLIPImageProcessor"),
@@ -78,6 +78,7 @@ def load(folder: str | Path, settings: ModelConfig | None = None):
     cfg = imported_config(llm, dtype, settings, {"image": enc_cfg},
                           {"image": ProjectorConfig(type="mlp2x_gelu")}, str(Path(folder).resolve()))
     tokenizer = load_tokenizer(cfg.tokenizer, None, media=("image",))
+    check_string_content(tokenizer, folder)
     image_id = tokenizer.convert_tokens_to_ids(MEDIA_TOKENS["image"])
     _refuse_unless(image_id == c.image_token_id, folder,
                    f"the tokenizer's {MEDIA_TOKENS['image']} is id {image_id}, the config's image_token_id "

@@ -22,3 +22,18 @@ def parts_template(template: str) -> str:
     for read in CONTENT_READS:
         template = template.replace(read, f"mm_text({read})")
     return CONTENT_MACRO + template
+
+
+def check_string_content(tokenizer, folder) -> None:
+    """mmtune's records hold string content. A released processor template written for content
+    parts only (llava-hf's iterate `message['content'] | selectattr('type', ...)`) renders a
+    string as nothing: training on it would silently drop every prompt and answer."""
+    if not tokenizer.chat_template:
+        return  # resolve_template asks for one by name when training starts
+    probe = "mmtune-probe-text"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
+    if probe not in text:
+        raise ValueError(f"{folder}: its chat template renders no plain-text message content (it expects "
+                         "content parts); set model.tokenizer.chat_template to one of mmtune's "
+                         "(user_assistant is llava-1.5-hf's 'USER: ... ASSISTANT: ...', llava_v1 adds LLaVA's "
+                         "system prompt)")
