@@ -111,3 +111,18 @@ def test_qlora_on_a_released_llava_through_mmtune_import(tmp_path, capsys):
     hf = AutoModelForImageTextToText.from_pretrained(tmp_path / "out")
     assert getattr(hf.config, "quantization_config", None) is None
     assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in hf.parameters())
+
+
+def test_refusals_name_the_part_for_blip_style_models(tiny_model):
+    from mmtune.interop import ExportRefused, check_exportable
+
+    qformer = {"type": "qformer", "options": {"num_queries": 4, "hidden_size": 32, "num_layers": 1,
+                                              "num_heads": 2, "intermediate_size": 64, "instruction_aware": False}}
+    with pytest.raises(ExportRefused, match="image encoder 'hf_clip': InstructBLIP / BLIP-2 hold a BLIP vision"):
+        check_exportable(tiny_model(projectors={"image": qformer}))
+    blip_tower = {"type": "hf_blip_vision", "select_layer": -1, "drop_cls": False}
+    with pytest.raises(ExportRefused, match="feature_pos_embed"):
+        check_exportable(tiny_model(encoders={"image": blip_tower}, projectors={"image": {
+            **qformer, "options": {**qformer["options"], "feature_pos_embed": True}}}))
+    with pytest.raises(ExportRefused, match="projectors"):
+        check_exportable(tiny_model(projectors={"image": {"type": "linear"}}))

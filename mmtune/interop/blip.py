@@ -24,8 +24,8 @@ from ..encoders.base import ImageSpec
 from ..encoders.hf_vision import HFVisionEncoder
 from ..llm import torch_dtype
 from ..projectors.qformer import QFormerProjector, hf_qformer_key, load_hf_qformer
-from .templates import check_string_content
 from .parts import ExportRefused, arch_of, imported_config, llm_dtype, no_quantize, processor_fields
+from .templates import check_string_content
 
 QFORMER_TOKENIZER = "qformer_tokenizer"  # InstructBlipProcessor's subfolder for it
 

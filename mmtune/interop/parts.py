@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from ..config import EncoderConfig, LLMConfig, ModelConfig, TokenizerConfig
+from ..config import EncoderConfig, ModelConfig, TokenizerConfig
 
 
 class ExportRefused(ValueError):
@@ -113,5 +113,5 @@ def config_view(src: Path, into: Path, edit) -> Path:
     return view
 
 
-__all__ = ["config_view", "ExportRefused", "LLMConfig", "arch_of", "causal_lm", "decoder_and_head", "imported_config",
+__all__ = ["config_view", "ExportRefused", "arch_of", "causal_lm", "decoder_and_head", "imported_config",
            "processor_fields", "read_config"]
