@@ -92,7 +92,6 @@ def test_qlora_on_a_released_llava_through_mmtune_import(tmp_path, capsys):
     """QLoRA quantises while an LLM checkpoint loads: `mmtune import` gives the LLM one, then
     `model.init_from` + `quantize: nf4` trains adapters on it, and the export merges them into
     the full-precision base."""
-    pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForImageTextToText
 
     llava_hf(tmp_path / "released", "clip")
