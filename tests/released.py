@@ -86,11 +86,13 @@ def blip(folder: Path, instruction_aware: bool, seed: int = 0):
     return hf
 
 
-def llava_original(folder: Path, hf, tower_dir: Path) -> dict:
+def llava_original(folder: Path, hf, tower_dir: Path, tower_in_checkpoint: bool = False) -> dict:
     """The original LLaVA repo's layout of llava-hf model `hf` (CLIP tower, 'default' strategy),
     as transformers' convert_llava_weights_to_hf.py reads it: LLM keys `model.*` / `lm_head.*`,
     the projector as `model.mm_projector.{0,2}.*`, the tower in its own folder named by
-    `mm_vision_tower`. Returns the projector tensors (a stage-1 file's content)."""
+    `mm_vision_tower`; with `tower_in_checkpoint` (a run that trained the tower) the tower's
+    weights are in the checkpoint and the folder holds a different, untrained tower. Returns the
+    projector tensors (a stage-1 file's content)."""
     import json
 
     from safetensors.torch import save_file
@@ -98,7 +100,11 @@ def llava_original(folder: Path, hf, tower_dir: Path) -> dict:
     from mmtune.encoders.hf_vision import CLIP_MEAN, CLIP_STD
 
     c = hf.config
-    hf.model.vision_tower.save_pretrained(tower_dir)
+    if tower_in_checkpoint:
+        torch.manual_seed(123)
+        type(hf.model.vision_tower)(c.vision_config).save_pretrained(tower_dir)
+    else:
+        hf.model.vision_tower.save_pretrained(tower_dir)
     size = c.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(tower_dir)
@@ -107,6 +113,9 @@ def llava_original(folder: Path, hf, tower_dir: Path) -> dict:
                  for k, v in layer.state_dict().items()}
     state = {f"model.{k}": v.clone() for k, v in hf.model.language_model.state_dict().items()}
     state.update({"lm_head.weight": hf.lm_head.weight.clone(), **projector})
+    if tower_in_checkpoint:
+        state.update({f"model.vision_tower.vision_tower.{k}": v.clone()
+                      for k, v in hf.model.vision_tower.state_dict().items()})
     folder.mkdir(parents=True)
     save_file(state, folder / "model.safetensors")
     config = {**c.text_config.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],

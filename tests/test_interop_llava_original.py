@@ -10,9 +10,10 @@ from test_interop_llava import hf_inputs, mmtune_logits
 from mmtune.model import MultimodalLM
 
 
-def test_original_layout_imports_with_the_same_logits(tmp_path):
+@pytest.mark.parametrize("tower_in_checkpoint", [False, True], ids=["frozen-tower", "trained-tower"])
+def test_original_layout_imports_with_the_same_logits(tmp_path, tower_in_checkpoint):
     hf = llava_hf(tmp_path / "hf", "clip")
-    llava_original(tmp_path / "orig", hf, tmp_path / "clip")
+    llava_original(tmp_path / "orig", hf, tmp_path / "clip", tower_in_checkpoint)
     inputs, images = hf_inputs(tmp_path / "hf")
     with torch.no_grad():
         expected = hf(**inputs).logits

@@ -30,6 +30,7 @@ from .weights import read_tensors
 LLM_TYPES = {"llava_llama": "llama", "llava_mistral": "mistral"}  # LLaVA's model_type -> the LLM's
 SELECT_FEATURE = {"patch": True, "cls_patch": False}  # -> drop_cls
 PROJECTOR_KEY = "mm_projector."
+TOWER_KEY = "vision_tower.vision_tower."  # LLaVA's CLIPVisionTower holds a CLIPVisionModel as .vision_tower
 
 
 def _fail(folder, what: str):
@@ -96,6 +97,11 @@ def load(folder, settings: ModelConfig | None = None):
     enc_cfg = EncoderConfig(type="hf_clip", path=str(tower), select_layer=raw.get("mm_vision_select_layer", -2),
                             drop_cls=SELECT_FEATURE[feature], image_pad=aspect == "pad", trainable=trainable)
     encoder = ENCODERS.get("hf_clip")(enc_cfg)
+    # A run that unfroze the tower saved it in the checkpoint: those weights, not the folder's.
+    tower_state = {k.split(TOWER_KEY, 1)[1]: v for k, v in
+                   read_checkpoint(folder, keep=lambda k: TOWER_KEY in k).items()}
+    if tower_state:
+        encoder.tower.load_state_dict(tower_state)
     proj_cfg = ProjectorConfig(type=raw.get("mm_projector_type", "linear"))
     projector = build_projector("image", proj_cfg, encoder, text_config.hidden_size)
     state = projector_state(read_checkpoint(folder, keep=lambda k: PROJECTOR_KEY in k), folder)
