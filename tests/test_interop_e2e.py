@@ -125,3 +125,21 @@ def test_refusals_name_the_part_for_blip_style_models(tiny_model):
             **qformer, "options": {**qformer["options"], "feature_pos_embed": True}}}))
     with pytest.raises(ExportRefused, match="projectors"):
         check_exportable(tiny_model(projectors={"image": {"type": "linear"}}))
+
+
+def test_instructblip_recipe_starts_from_a_released_instructblip(tmp_path):
+    """`model.init_from` serves any recipe: the Q-Former reads instructions through the
+    released folder's own Q-Former tokenizer."""
+    from released import blip
+
+    blip(tmp_path / "released", instruction_aware=True)
+    data, run = tmp_path / "data", tmp_path / "run"
+    cli(["data", "synth", "shapes", "--out", str(data), "--n-train", "16", "--n-test", "4"])
+    cli(["train", "instructblip", "--config", "tiny", "--output-dir", str(run), "--data", str(data),
+         f"model.init_from={tmp_path / 'released'}", "stages.instruct.max_steps=3", "stages.instruct.batch_size=4",
+         "train.mixed_precision=no", "eval.limit=2"])
+    saved = json.loads((run / "model" / "mmtune_config.json").read_text())
+    assert saved["projectors"]["image"]["options"]["instruction_aware"] is True
+    assert (run / "model" / "instruction_tokenizers" / "image").exists() and (run / "model" / "llm_adapter").exists()
+    cli(["export", str(run), "--format", "hf", "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "instructblip"
