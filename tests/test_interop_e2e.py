@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SMALL
 from released import llava_hf
 
 from mmtune.cli import main as cli
@@ -32,6 +33,14 @@ new = ids[0, inputs["input_ids"].shape[1]:].tolist()
 print(json.dumps({"class": type(model).__name__, "tokens": new,
                   "text": processor.decode(new, skip_special_tokens=True).strip()}))
 """
+
+
+def fresh_process_answers(out, image: str, question: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", FRESH, str(out), image, question], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def mmtune_tokens(run, image: str, question: str) -> list[int]:
@@ -64,18 +73,32 @@ def test_released_llava_finetunes_with_lora_and_exports_to_transformers(tmp_path
     cli(["export", str(run), "--format", "hf", "--out", str(out)])
     assert "AutoModelForImageTextToText" in capsys.readouterr().out
     test = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines()]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for record in test[:2]:
+    assert_same_answers(run, out, data, test[:2])
+
+
+def assert_same_answers(run, out, data, records) -> None:
+    for record in records:
         image = str(data / record["images"][0])
         question = record["messages"][0]["content"].replace("<image>", "").strip()
-        done = subprocess.run([sys.executable, "-c", FRESH, str(out), image, question], env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        hf = json.loads(done.stdout.strip().splitlines()[-1])
+        hf = fresh_process_answers(out, image, question)
         assert hf["class"] == "LlavaForConditionalGeneration"
         ours = mmtune_tokens(run, image, question)
         assert hf["tokens"] == ours[:len(hf["tokens"])] and len(hf["tokens"]) > 0
         assert ours[len(hf["tokens"]):] in ([], [0] * (len(ours) - len(hf["tokens"])))  # only padding after EOS
+
+
+def test_tiny_hf_config_trained_from_scratch_exports(tmp_path):
+    """The demo's path with the exportable tiny config: synthetic tokenizer, mmtune's own CLIP
+    image processor (64 px, pad to square), 64 image tokens."""
+    data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "out"
+    cli(["data", "synth", "shapes", "--out", str(data), "--n-train", "16", "--n-test", "4"])
+    cli(["train", "llava", "--config", "tiny-hf", "--output-dir", str(run), "--data", str(data),
+         *[o for o in SMALL if ".image_size=" not in o], "stages.pretrain.max_steps=2",
+         "stages.finetune.max_steps=3", "stages.pretrain.batch_size=4", "stages.finetune.batch_size=4",
+         "eval.limit=2"])
+    cli(["export", str(run), "--format", "hf", "--out", str(out)])
+    test = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines()]
+    assert_same_answers(run, out, data, test[:1])
 
 
 @pytest.mark.parametrize("options", ["token_merge: 2", "pos_embed: true"])
