@@ -44,3 +44,19 @@ def test_projector_file_is_never_unpickled(tmp_path, tiny_config):
     save_file({"model.mm_projector.0.weight": torch.zeros(3, 3)}, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="do not match model.projectors.image"):
         MultimodalLM.build(tiny_config(init_from=str(tmp_path / "bad.safetensors")))
+
+
+def test_bad_init_from_is_a_one_line_error_naming_the_file(tmp_path, tiny_config):
+    import json
+
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint folder nor a projector file"):
+        MultimodalLM.build(tiny_config(init_from=str(tmp_path / "missing")))
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match=r"gpt/config.json: model_type 'gpt2' is not one mmtune imports"):
+        MultimodalLM.from_hf(tmp_path / "gpt")
+    (tmp_path / "orig").mkdir()
+    (tmp_path / "orig" / "config.json").write_text(json.dumps({
+        "model_type": "llava_llama", "mm_vision_tower": "openai/clip-vit-large-patch14-336"}))
+    with pytest.raises(ValueError, match="'openai/clip-vit-large-patch14-336' is not a local folder"):
+        MultimodalLM.from_hf(tmp_path / "orig")

@@ -34,7 +34,8 @@ def _importers() -> dict:
 def from_hf(path: str | Path, settings: ModelConfig | None = None):
     """A MultimodalLM from a released checkpoint folder (see the module docstring).
     `settings`: a recipe's `model:` section, of which only the training choices apply
-    (llm.lora / dtype / quantize, encoders.<m>.trainable, tokenizer.chat_template)."""
+    (llm.lora / dtype, encoders.<m>.trainable, tokenizer.chat_template); llm.quantize is refused
+    with a pointer to `mmtune import`, after which it applies."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a checkpoint folder")
