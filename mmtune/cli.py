@@ -12,7 +12,7 @@ from .chat import add_chat_parser, answer, load_run as _load_run
 from .diffusion.cli import add_edit_parser
 from .data.formats.commands import add_convert_parser
 from .data_inspect import add_inspect_parser
-from .export import add_export_parser
+from .export import add_export_parser, add_import_parser, export_hint
 from .plot import add_plot_parser, plot_run
 from .quiet import quiet_libraries, recipes_epilog
 from .serve import add_serve_parser
@@ -106,6 +106,7 @@ def _demo(args) -> None:
               f"   (truth: {ex['target']})")
     print(f"\nrun directory: {out / 'run'} (config.yaml, metrics.jsonl, checkpoints, model/, eval.json); "
           f"total {time.perf_counter() - t0:.0f}s")
+    print(export_hint(model, out / "run"))
     print(f"eval table: {out / 'run' / 'eval.json'}")
     print(f"curves: {plot_run(out / 'run')}")
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_parser(sub)
     add_serve_parser(sub)
     add_export_parser(sub)
+    add_import_parser(sub)
     add_edit_parser(sub)
     return p
 

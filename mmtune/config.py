@@ -282,6 +282,13 @@ class ModelConfig:
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # modality -> encoder
     projectors: dict[str, ProjectorConfig] = field(default_factory=dict)  # modality -> projector
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # A checkpoint to start from (mmtune.interop): a llava-hf, InstructBLIP, BLIP-2 or
+    # original-LLaVA folder, or a saved mmtune model (`mmtune import` output), whose architecture
+    # and weights replace llm / encoders / projectors / tokenizer above (of those only llm.lora,
+    # llm.dtype, encoders.<m>.trainable, tokenizer.chat_template and, for a saved mmtune model,
+    # llm.quantize still apply); or a stage-1 projector file (mm_projector.bin / .safetensors)
+    # loaded into the model built from the fields above.
+    init_from: str | None = None
 
 
 @dataclass

@@ -63,19 +63,30 @@ class MultimodalLM(nn.Module):
     @classmethod
     def build(cls, cfg: ModelConfig) -> "MultimodalLM":
         """Build every part from config (weights from paths where given, random otherwise)."""
+        if cfg.init_from is not None:
+            from .interop import init_from
+
+            return init_from(cfg)
         llm = load_llm(cfg.llm)
         d_llm = llm.get_input_embeddings().embedding_dim
         encoders, projectors = {}, {}
         for modality, enc_cfg in cfg.encoders.items():
             encoders[modality] = ENCODERS.get(enc_cfg.type)(enc_cfg)
             projectors[modality] = build_projector(modality, cfg.projectors[modality], encoders[modality], d_llm)
-        tokenizer = load_tokenizer(cfg.tokenizer, cfg.llm.path)
-        instruction_tokenizers = {m: load_tokenizer(p.instruction_tokenizer, None, media_tokens=False)
+        tokenizer = load_tokenizer(cfg.tokenizer, cfg.llm.path, media=tuple(cfg.encoders))
+        instruction_tokenizers = {m: load_tokenizer(p.instruction_tokenizer, None, media=())
                                   for m, p in cfg.projectors.items() if p.instruction_tokenizer is not None}
         model = cls(cfg, llm, encoders, projectors, tokenizer, instruction_tokenizers)
         for modality, enc_cfg in cfg.encoders.items():
             model.encoders[modality].requires_grad_(enc_cfg.trainable)
         return model
+
+    @classmethod
+    def from_hf(cls, path: str | Path, settings: ModelConfig | None = None) -> "MultimodalLM":
+        """A released checkpoint (llava-hf, InstructBLIP, BLIP-2, original LLaVA): see mmtune.interop."""
+        from .interop import from_hf
+
+        return from_hf(path, settings)
 
     def tokens_per_medium(self, modality: str) -> int:
         return self.projectors[modality].num_tokens(self.encoders[modality].num_tokens())

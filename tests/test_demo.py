@@ -13,6 +13,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     cli(["demo", "--out", str(out), *SMALL, "stages.pretrain.max_steps=2", "stages.finetune.max_steps=2"])
     text = capsys.readouterr().out
     assert "with media" in text and "sample chat" in text and "mmtune chat" in text
+    assert f"mmtune export {out / 'run'}" in text  # the demo ends with the export command, then the paths
     result = json.loads((out / "run" / "eval.json").read_text())
     assert result["n"] == 400 and result["blank_media_accuracy"] is not None
     # It ends with the paths of the eval table and the curves.

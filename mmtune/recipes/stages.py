@@ -62,13 +62,16 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
 
 
 def _initial_model(cfg: RecipeConfig, run_dir: Path, first_stage: str, fresh: bool) -> MultimodalLM:
-    """Continue from the model the stage before `first_stage` saved; build from the config for
-    the first stage, or when asked (`fresh`)."""
+    """Continue from the model the stage before `first_stage` saved; build from the config (a
+    released checkpoint with `model.init_from`) for the first stage, when that model does not
+    exist but `init_from` names the start, or when asked (`fresh`)."""
     order = list(cfg.stages)
     before = order[: order.index(first_stage)]
     if not before or fresh:
         return MultimodalLM.build(cfg.model)
     saved = run_dir / before[-1] / "model"
+    if not (saved / "mmtune_config.json").exists() and cfg.model.init_from:
+        return MultimodalLM.build(cfg.model)
     if not (saved / "mmtune_config.json").exists():
         raise FileNotFoundError(f"stage {first_stage!r} starts from stage {before[-1]!r}'s model, but "
                                 f"{saved} does not exist: run stage {before[-1]!r} first, or pass --fresh "

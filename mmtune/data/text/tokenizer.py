@@ -41,9 +41,12 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(cfg: TokenizerConfig, llm_path: str | None,
-                   media_tokens: bool = True) -> PreTrainedTokenizerBase:
-    """`media_tokens=False` for a projector's instruction tokenizer: its vocabulary must stay
-    the size of the Q-Former's word embeddings (instructions never hold placeholders)."""
+                   media: tuple[str, ...] = tuple(MEDIA_TOKENS)) -> PreTrainedTokenizerBase:
+    """`media`: the modalities whose placeholder token the tokenizer must have -- only those the
+    model has encoders for, so a tokenizer saved with a model holds no id past its embedding
+    table it has no use for (an image model gets no `<video>`/`<audio>`). `media=()` for a
+    projector's instruction tokenizer: its vocabulary must stay the size of the Q-Former's word
+    embeddings (instructions never hold placeholders)."""
     if cfg.type == "synthetic":
         tok = build_word_tokenizer(synthetic_words())
     elif cfg.type == "auto":
@@ -53,7 +56,7 @@ def load_tokenizer(cfg: TokenizerConfig, llm_path: str | None,
         tok = AutoTokenizer.from_pretrained(path)
     else:
         raise ValueError(f"model.tokenizer.type: {cfg.type!r} is not one of 'auto', 'synthetic'")
-    missing = [t for t in MEDIA_TOKENS.values() if media_tokens and t not in tok.get_vocab()]
+    missing = [MEDIA_TOKENS[m] for m in media if MEDIA_TOKENS[m] not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     if tok.pad_token is None:  # Llama/Vicuna ship none; padding is masked out anyway
