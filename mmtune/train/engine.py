@@ -18,9 +18,10 @@ away as they are with bf16 weights.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,21 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"engine.mixed_precision={self.mixed_precision!r}: choose from {sorted(PRECISIONS)}")
+
+
+def shard_config_from_launch(env: Mapping[str, str] | None = None) -> ShardConfig | None:
+    """The FSDP settings `accelerate launch --config_file fsdp.yaml` exported to this process
+    (ACCELERATE_USE_FSDP, FSDP_OFFLOAD_PARAMS, ...), or None when it did not ask for FSDP.
+    Read here because accelerate itself acts on them only on GPU-like devices."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    if env.get("FSDP_VERSION", "2") != "2":
+        raise ValueError(f"fsdp_version={env['FSDP_VERSION']} in the accelerate config: mmtune's engine "
+                         "is FSDP2 (fully_shard); set fsdp_config.fsdp_version: 2")
+    return ShardConfig(mixed_precision=env.get("ACCELERATE_MIXED_PRECISION", "no"),
+                       cpu_offload=env.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true",
+                       reshard_after_forward=env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true")
 
 
 def device_mesh() -> DeviceMesh:
