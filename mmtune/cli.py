@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .diffusion.cli import add_edit_parser
 from .export import add_export_parser
+from .plan import add_plan_parser
 
 
 def _train(args) -> None:
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=_demo)
     add_export_parser(sub)
     add_edit_parser(sub)
+    add_plan_parser(sub)
     return p
 
 
