@@ -1,5 +1,6 @@
-"""Run by tests/test_launch_configs.py under `accelerate launch --config_file fsdp_offload.yaml`:
-the shipped FSDP config drives mmtune's engine on CPU processes (offload, bf16 compute)."""
+"""Run under `accelerate launch --config_file fsdp*.yaml`: the shipped FSDP config drives
+mmtune's engine (tests/test_launch_configs.py on CPU processes; benchmarks/gpu_check.sh on a
+GPU, over NCCL)."""
 from __future__ import annotations
 
 import json
@@ -21,13 +22,16 @@ from conftest import tiny_model_config
 def main(out: str) -> None:
     torch.set_num_threads(1)
     cfg = shard_config_from_launch()
-    dist.init_process_group("gloo")
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
     torch.manual_seed(0)
     model = MultimodalLM.build(tiny_model_config())
     set_trainable(model, ["projector", "llm"])
     shard(model.train(), cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    batch = batch_for(model)
+    batch = batch_for(model).to("cuda" if cuda else "cpu")
     logits = model(batch)
     loss = loss_sum(logits, batch.labels) / batch.num_loss_tokens()
     loss.backward()
