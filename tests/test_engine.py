@@ -87,6 +87,34 @@ def optimizer_for(model) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
 
 
+def full_llm_model() -> MultimodalLM:
+    torch.manual_seed(0)
+    model = MultimodalLM.build(tiny_model_config())
+    set_trainable(model, ["projector", "llm"])
+    return model.train()
+
+
+def layer_weights(model) -> torch.Tensor:
+    """This rank's values of every decoder-layer weight, flat, as fp32."""
+    return torch.cat([(p.to_local() if hasattr(p, "to_local") else p).detach().float().flatten()
+                      for layer in decoder_layers(model.llm) for p in layer.parameters()])
+
+
+def one_step_update(model, rank: int) -> dict:
+    """One AdamW step at LLaVA's finetune lr 2e-5: which share of the weights moved, and by how
+    much (AdamW's first step moves each weight by ~lr, whatever its gradient's size)."""
+    before = layer_weights(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5, weight_decay=0.0)
+    train_step(model, optimizer, rank_batch(model, 0, rank))
+    delta = (layer_weights(model) - before).abs()
+    return {"moved": float((delta > 0).float().mean()), "median_step": float(delta.median())}
+
+
+def bf16_update(rank: int) -> dict:
+    """bf16 compute through the engine keeps fp32 master weights."""
+    return one_step_update(shard(full_llm_model(), ShardConfig(mixed_precision="bf16")), rank)
+
+
 def _worker(rank: int, port: int, out: str, mode: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
@@ -110,6 +138,7 @@ def _worker(rank: int, port: int, out: str, mode: str) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(build_model())
         result["mixed_ddp"] = train_step(ddp, optimizer_for(ddp), rank_batch(ddp.module, 9, rank,
                                                                               with_image=rank == 0))
+        result["bf16_update"] = bf16_update(rank)
     else:  # resume
         load_sharded(out_dir / "ckpt", model, optimizer)
         result["losses"] = [train_step(model, optimizer, rank_batch(model, s, rank)) for s in range(RESUME_AT, STEPS)]
@@ -154,6 +183,11 @@ def test_fsdp_two_processes_match_one(tmp_path, reference):
     # The mixed text/image step finished on both ranks with a finite loss.
     for r in ranks:
         assert math.isfinite(r["mixed_fsdp"]) and math.isfinite(r["mixed_ddp"])
+    # bf16 compute with fp32 masters: one step at lr 2e-5 moves every weight by ~lr, as fp32
+    # does (test_pure_bf16_adamw_loses_small_updates: pure bf16 does not).
+    for r in ranks:
+        assert r["bf16_update"]["moved"] > 0.99, r["bf16_update"]
+        assert r["bf16_update"]["median_step"] == pytest.approx(2e-5, rel=0.05), r["bf16_update"]
 
     # The consolidated model, written once from rank 0, equals the 1-process model.
     saved = MultimodalLM.from_pretrained(tmp_path / "model")
@@ -170,6 +204,16 @@ def test_fsdp_two_processes_match_one(tmp_path, reference):
     print("max |loss diff| resumed vs uninterrupted:",
           max(abs(a - b) for a, b in zip(resumed[0]["losses"], r0["losses"][RESUME_AT:])))
     assert resumed[0]["losses"] == pytest.approx(r0["losses"][RESUME_AT:], abs=1e-6)
+
+
+def test_pure_bf16_adamw_loses_small_updates():
+    """At lr 2e-5 a bf16 weight of size ~0.02 cannot move (half its ulp is 6e-5): pure-bf16 AdamW
+    rounds most updates away, where fp32 moves every weight by ~lr. (The engine's bf16 run, with
+    fp32 masters, is checked in the 2-process test above.)"""
+    pure_update = one_step_update(full_llm_model().to(torch.bfloat16), 0)
+    fp32_update = one_step_update(full_llm_model(), 0)
+    assert fp32_update["moved"] > 0.99 and fp32_update["median_step"] == pytest.approx(2e-5, rel=0.05)
+    assert pure_update["moved"] < 0.5, pure_update
 
 
 def test_shard_refuses_4bit(tiny_config):
