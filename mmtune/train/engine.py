@@ -178,21 +178,21 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_consolidated(model: nn.Module, out_dir: str | Path) -> None:
     """Write the trained model once, in the normal formats (`MultimodalLM.save_pretrained`),
-    from rank 0: an unsharded twin is built without memory (meta device), given the gathered
-    weights, and saved. Collective: every rank calls it."""
+    from rank 0: an unsharded twin is built from the model's config on CPU, given the gathered
+    weights, and saved. Collective: every rank calls it. The twin is built for real, not on the
+    meta device, because transformers' `from_pretrained` (parts with local paths) refuses meta;
+    rank 0 needs host memory for the gathered state plus one copy of the model."""
     from ..model import MultimodalLM
 
     state = full_state_dict(model)
     if dist.is_initialized() and dist.get_rank() != 0:
         dist.barrier()
         return
-    with torch.device("meta"):
+    with torch.device("cpu"):
         twin = MultimodalLM.build(model.config)
     if hasattr(model.llm, "peft_config"):
         twin.enable_lora()
-    # Back to the config's dtypes (fp32 masters of a bf16 model save as bf16, as loaded).
-    dtypes = {k: v.dtype for k, v in twin.state_dict().items()}
-    twin.load_state_dict({k: v.to(dtypes[k]) for k, v in state.items()}, assign=True)
+    twin.load_state_dict(state)  # copy_ casts fp32 masters back to the config's dtypes
     twin.save_pretrained(out_dir)
     if dist.is_initialized():
         dist.barrier()
