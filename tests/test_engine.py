@@ -115,6 +115,24 @@ def bf16_update(rank: int) -> dict:
     return one_step_update(shard(full_llm_model(), ShardConfig(mixed_precision="bf16")), rank)
 
 
+def checkpointing_diff(rank: int) -> dict:
+    """Gradient checkpointing inside FSDP units: one step with it and one without, from the
+    same weights, give the same updated shards; with it, a layer's insides run twice."""
+    after, calls = [], []
+    for checkpointing in (False, True):
+        model = full_llm_model()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        shard(model)
+        ran = []
+        next(decoder_layers(model.llm)[0].children()).register_forward_hook(lambda *_: ran.append(1))
+        train_step(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0),
+                   rank_batch(model, 0, rank))
+        after.append(layer_weights(model))
+        calls.append(len(ran))
+    return {"max_diff": float((after[0] - after[1]).abs().max()), "calls": calls}
+
+
 def _worker(rank: int, port: int, out: str, mode: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
@@ -139,6 +157,7 @@ def _worker(rank: int, port: int, out: str, mode: str) -> None:
         result["mixed_ddp"] = train_step(ddp, optimizer_for(ddp), rank_batch(ddp.module, 9, rank,
                                                                               with_image=rank == 0))
         result["bf16_update"] = bf16_update(rank)
+        result["checkpointing_diff"] = checkpointing_diff(rank)
     else:  # resume
         load_sharded(out_dir / "ckpt", model, optimizer)
         result["losses"] = [train_step(model, optimizer, rank_batch(model, s, rank)) for s in range(RESUME_AT, STEPS)]
@@ -183,6 +202,9 @@ def test_fsdp_two_processes_match_one(tmp_path, reference):
     # The mixed text/image step finished on both ranks with a finite loss.
     for r in ranks:
         assert math.isfinite(r["mixed_fsdp"]) and math.isfinite(r["mixed_ddp"])
+    # Gradient checkpointing under FSDP: SGD at lr 1 makes the update the gradient itself.
+    for r in ranks:
+        assert r["checkpointing_diff"]["calls"] == [1, 2] and r["checkpointing_diff"]["max_diff"] < 1e-6, r
     # bf16 compute with fp32 masters: one step at lr 2e-5 moves every weight by ~lr, as fp32
     # does (test_pure_bf16_adamw_loses_small_updates: pure bf16 does not).
     for r in ranks:
