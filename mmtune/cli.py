@@ -13,6 +13,7 @@ from .diffusion.cli import add_edit_parser
 from .data.formats.commands import add_convert_parser
 from .data_inspect import add_inspect_parser
 from .export import add_export_parser, add_import_parser, export_hint
+from .plan import add_plan_parser
 from .plot import add_plot_parser, plot_run
 from .quiet import quiet_libraries, recipes_epilog
 from .serve import add_serve_parser
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_import_parser(sub)
     add_edit_parser(sub)
+    add_plan_parser(sub)
     return p
 
 

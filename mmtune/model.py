@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -25,6 +26,10 @@ from .data.text.tokenizer import load_tokenizer
 from .llm import adapter_parameters, add_lora, load_llm
 from .parts import Encoder, feature_spec
 from .registry import ENCODERS, PROJECTORS
+
+def _every_rank_runs_every_module() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
 
 class PlaceholderMismatchError(ValueError):
     pass
@@ -101,6 +106,26 @@ class MultimodalLM(nn.Module):
                                   max_instruction_length=self.config.projectors[m].max_instruction_length)
         return specs
 
+    def enable_gradient_checkpointing(self) -> list[str]:
+        """Recompute activations in backward instead of storing them (non-reentrant, so frozen
+        inputs such as a LoRA base's embeddings need no `requires_grad` trick), in the LLM
+        (peft-wrapped too) and in every encoder / projector built on a transformers model.
+        Frozen parts run under no_grad, where it stores and costs nothing. Returns the parts
+        it enabled, e.g. ["llm", "encoder.image"]."""
+        from transformers import PreTrainedModel
+
+        kwargs = {"use_reentrant": False}
+        self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        enabled = ["llm"]
+        for kind, parts in (("encoder", self.encoders), ("projector", self.projectors)):
+            for modality, part in parts.items():
+                hf = [m for m in part.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+                for m in hf:
+                    m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+                if hf:
+                    enabled.append(f"{kind}.{modality}")
+        return enabled
+
     def enable_lora(self) -> None:
         if not hasattr(self.llm, "peft_config"):
             self.llm = add_lora(self.llm, self.config.llm.lora)
@@ -149,13 +174,30 @@ class MultimodalLM(nn.Module):
             is_slot |= ids == token_id
         # Placeholder ids may lie outside the LLM's vocabulary: look up id 0 there instead.
         embeds = self.llm.get_input_embeddings()(ids.masked_fill(is_slot, 0))  # [B, T, D]
-        for modality, media in batch.media.items():
-            if media.shape[0] == 0:
+        for modality in self.encoders:
+            media = batch.media.get(modality)
+            if media is None or media.shape[0] == 0:
+                if _every_rank_runs_every_module():
+                    embeds = embeds + 0.0 * self._placeholder_features(modality, embeds).sum()
                 continue
             feats = self.encode_media(modality, media, batch.instructions.get(modality)).to(embeds.dtype)
             mask = (ids == self.placeholder_ids[modality]).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, feats)
         return embeds
+
+    def _placeholder_features(self, modality: str, like: torch.Tensor) -> torch.Tensor:
+        """Features of one blank medium (and a one-token instruction), for a batch without
+        this modality. Under FSDP / ZeRO-3 each encoder and projector gathers its weights with
+        a collective, and DDP all-reduces every parameter's gradient: a rank that skipped them
+        while another ran them would hang. Adding them with weight 0 (as LLaVA does under
+        ZeRO-3) runs the same modules on every rank and changes no value or gradient."""
+        encoder = self.encoders[modality]
+        media = encoder.preprocess([encoder.blank()]).to(like.device)
+        instruction = None
+        if modality in self.instruction_tokenizers:
+            one = torch.ones(1, 1, dtype=torch.long, device=like.device)
+            instruction = Instruction(input_ids=one * 0, attention_mask=one)
+        return self.encode_media(modality, media, instruction).to(like.dtype)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [B, T, V]. The loss is left to the caller, who knows the token normaliser."""

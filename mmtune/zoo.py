@@ -41,6 +41,9 @@ def _llava15(llm: dict) -> dict:
 
 
 PRESETS.register("llava-1.5-7b", lambda: _llava15(vicuna(4096, 11008, 32, 32)))
+# Text-only Llama-2-7B (the architecture Vicuna-7B v1.5 finetunes), so the SFT / QLoRA configs
+# build at random init and `mmtune plan` can count them; `model.llm.path` loads real weights.
+PRESETS.register("llama-2-7b", lambda: {"llm": vicuna(4096, 11008, 32, 32)})
 PRESETS.register("llava-1.5-13b", lambda: _llava15(vicuna(5120, 13824, 40, 40)))
 
 
