@@ -290,6 +290,12 @@ class TrainConfig:
     on_bad_sample: str = "error"  # error | skip
     num_workers: int = 0
     threads: int = 0  # torch threads on CPU; 0 keeps torch's default
+    # Speed switches (issue 12), each measured on/off by benchmarks/peer_llava.py.
+    pack_length: int = 0  # tokens per packed row; 0: each micro-batch is one row (no padding)
+    attention: str = "auto"  # auto: varlen when packing (flash_attention_2 on CUDA if installed), else sdpa | varlen | sdpa | eager | flash_attention_2
+    head_at_labels: bool = True  # output head and cross-entropy only where a label is
+    feature_cache: bool = True  # a frozen encoder encodes each distinct medium once per run
+    compile: bool = False  # torch.compile the LLM (dynamic shapes)
 
 
 @dataclass

@@ -100,7 +100,7 @@ def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, templ
     dataset = RecordDataset(records, example_encoder(model, cfg, template, task == "caption"))
     pad = model.tokenizer.pad_token_id
     if cfg.train.packing:
-        return dataset, lambda examples: pack(examples, pad, cfg.train.max_length), len(bad)
+        return dataset, lambda examples: pack(examples, pad, cfg.train.pack_length), len(bad)
     return dataset, lambda examples: collate(examples, pad), len(bad)
 
 

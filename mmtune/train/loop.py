@@ -18,6 +18,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from ..config import StageConfig
 from ..batch import IGNORE, Batch
+from .head import head_loss_sum
 
 
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ class StepResult:
 
 
 def train_step(model, micro_batches: list[Batch], optimizer, scheduler, accelerator,
-               max_grad_norm: float, params: list[torch.nn.Parameter]) -> StepResult:
+               max_grad_norm: float, params: list[torch.nn.Parameter], head_at_labels: bool = False) -> StepResult:
     """Forward/backward every micro-batch with the step-wide token normaliser, then update."""
     device = accelerator.device
     local = torch.tensor([float(b.num_loss_tokens()) for b in micro_batches], device=device).sum()
@@ -103,8 +104,8 @@ def train_step(model, micro_batches: list[Batch], optimizer, scheduler, accelera
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync, accelerator.autocast():
-            logits = model(batch.to(device))
-            ls = loss_sum(logits, batch.labels.to(device))
+            batch = batch.to(device)
+            ls = head_loss_sum(model, batch) if head_at_labels else loss_sum(model(batch), batch.labels)
         accelerator.backward(ls * scale / denom)
         summed += ls.detach()
     grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else torch.zeros(())

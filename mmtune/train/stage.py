@@ -10,6 +10,8 @@ from tqdm.auto import tqdm
 
 from ..config import StageConfig, TrainConfig
 from ..data.collate import DataStats
+from .flops import MFUMeter
+from .speed import configure
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .logging import MetricsLog
 from .loop import (BatchPlan, Throughput, make_optimizer, make_scheduler, train_step,
@@ -38,6 +40,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
         start = load_checkpoint(checkpoint, model, optimizer, scheduler)
         log.truncate_after(name, start)
         accelerator.print(f"[{name}] resumed from {checkpoint} at step {start}")
+    configure(model, train, accelerator.device)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     plan = BatchPlan(len(dataset), stage.batch_size, train.seed, accelerator.process_index,
@@ -48,6 +51,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
     stats = DataStats()
     speed = Throughput()
     t_start = time.perf_counter()
+    meter = MFUMeter(model, train.mixed_precision, accelerator.device)
     seen_total = 0  # real (non-pad) tokens through the model, all processes
     end = stage.max_steps if stop_after is None else min(stop_after, stage.max_steps)
     bar = tqdm(range(start, end), desc=name, disable=not accelerator.is_main_process, mininterval=5)
@@ -58,7 +62,9 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
         for b in micro:
             stats.update(b)
         lr = scheduler.get_last_lr()[0]
-        result = train_step(wrapped, micro, optimizer, scheduler, accelerator, stage.max_grad_norm, params)
+        result = train_step(wrapped, micro, optimizer, scheduler, accelerator, stage.max_grad_norm, params,
+                            head_at_labels=train.head_at_labels)
+        meter.add(micro)
         speed.add(result.seen_tokens * accelerator.num_processes)
         seen_total += result.seen_tokens * accelerator.num_processes
         done = step + 1
@@ -67,6 +73,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
                       "tokens_per_s": round(speed.take(), 1), "grad_norm": round(result.grad_norm, 4),
                       "supervised_tokens": result.tokens,
                       "padding_efficiency": round(result.seen_tokens / max(result.computed_tokens, 1), 4),
+                      "mfu": meter.take(),
                       "elapsed_s": round(time.perf_counter() - t_start, 2)}
             log.write(record)
             bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}")
@@ -78,7 +85,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
     seconds = time.perf_counter() - t_start
     summary = {"stage": name, "steps": end, "final_loss": None if result is None else result.loss,
                "train_seconds": round(seconds, 2), "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1),
-               "data": stats.as_dict()}
+               **meter.summary(), "data": stats.as_dict()}
     if stats.dropped:
         accelerator.print(f"[{name}] dropped {len(stats.dropped)} sample(s), e.g. {stats.dropped[0]}")
     return summary
