@@ -29,15 +29,18 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
 
 
-def make_optimizer(params, stage: StageConfig, device=None, kbit: bool = False) -> torch.optim.Optimizer:
-    """AdamW; for a 4-bit (QLoRA) model on CUDA, bitsandbytes' paged 8-bit AdamW as in the paper."""
+def make_optimizer(params, stage: StageConfig, device=None, kbit: bool = False,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW; for a 4-bit (QLoRA) model on CUDA, bitsandbytes' paged 8-bit AdamW as in the paper.
+    `fused`: torch's one-kernel AdamW (train.fused_optimizer), same update as the default."""
     if kbit and device is not None:
         from ..llm import kbit_optimizer
 
         paged = kbit_optimizer(params, stage.lr, stage.betas, stage.weight_decay, device)
         if paged is not None:
             return paged
-    return torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay)
+    return torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay,
+                             fused=fused or None)
 
 
 def make_scheduler(optimizer, stage: StageConfig):

@@ -32,7 +32,8 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
     params = trainable_parameters(model)
     if not params:
         raise ValueError(f"stage {name!r}: nothing is trainable")
-    optimizer = make_optimizer(params, stage, accelerator.device, kbit=bool(model.config.llm.quantize))
+    optimizer = make_optimizer(params, stage, accelerator.device, kbit=bool(model.config.llm.quantize),
+                               fused=train.fused_optimizer)
     scheduler = make_scheduler(optimizer, stage)
     start = 0
     checkpoint = latest_checkpoint(stage_dir) if resume else None
