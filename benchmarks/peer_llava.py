@@ -84,16 +84,19 @@ def make_data(out: Path, n: int, work: Work, lo: int, hi: int, seed: int) -> Non
 def summarise(r: SideResult, work: Work) -> dict:
     w = work.warmup
     seconds = r.step_end_s[-1] - r.step_end_s[w - 1]
+    cpu = r.step_end_cpu_s[-1] - r.step_end_cpu_s[w - 1]
     real, computed = sum(r.real_tokens[w:]), sum(r.computed_tokens[w:])
     out = {"variant": r.variant, "precision": r.precision, "timed_steps": len(r.step_end_s) - w,
            "timed_seconds": round(seconds, 2), "real_tokens_per_s": round(real / seconds, 1),
+           "timed_cpu_seconds": round(cpu, 2), "real_tokens_per_cpu_s": round(real / cpu, 1),
            "total_tokens_per_s": round(computed / seconds, 1),
            "samples_per_s": round(work.batch_size * (len(r.step_end_s) - w) / seconds, 2),
            "padding_efficiency": round(sum(r.real_tokens) / sum(r.computed_tokens), 4),
            "peak_rss_mib": round(r.peak_rss_mib, 1), "params": r.params, "trainable_params": r.trainable_params,
            "real_tokens": sum(r.real_tokens), "supervised_tokens": sum(r.supervised_tokens),
            "loss_first": r.losses[0], "loss_last": r.losses[-1],
-           "loss_last5_mean": round(sum(r.losses[-5:]) / len(r.losses[-5:]), 4), "losses": r.losses}
+           "loss_last5_mean": round(sum(r.losses[-5:]) / len(r.losses[-5:]), 4), "losses": r.losses,
+           "step_seconds": [round(b - a, 2) for a, b in zip([0.0] + r.step_end_s, r.step_end_s)]}
     if "mfu" in r.extra:
         out["mfu"] = r.extra["mfu"]
         # MFU of the timed steps only: the run's model FLOPs scale with its real tokens.
@@ -197,6 +200,7 @@ def main() -> None:
             runs[f"peer_{precision}"], runs[f"mmtune_{precision}"] = p, m
             result[f"ratios_{precision}"] = {
                 "real_tokens_per_s": round(m["real_tokens_per_s"] / p["real_tokens_per_s"], 3),
+                "real_tokens_per_cpu_s": round(m["real_tokens_per_cpu_s"] / p["real_tokens_per_cpu_s"], 3),
                 "samples_per_s": round(m["samples_per_s"] / p["samples_per_s"], 3),
                 "peak_rss": round(m["peak_rss_mib"] / p["peak_rss_mib"], 3),
                 "loss_last5_mean_minus_peer": round(m["loss_last5_mean"] - p["loss_last5_mean"], 4)}
@@ -208,6 +212,8 @@ def main() -> None:
             s["loadavg_after"] = load
             if base is not None:
                 s["default_over_this_real_tokens_per_s"] = round(base["real_tokens_per_s"] / s["real_tokens_per_s"], 3)
+                s["default_over_this_real_tokens_per_cpu_s"] = round(
+                    base["real_tokens_per_cpu_s"] / s["real_tokens_per_cpu_s"], 3)
             runs[f"ablation: {name}"] = s
             save(result, args.out)
         result["loadavg_end"] = list(os.getloadavg())

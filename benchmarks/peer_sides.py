@@ -68,6 +68,7 @@ class SideResult:
     params: int
     trainable_params: int
     step_end_s: list[float]  # seconds since training start at the end of each step
+    step_end_cpu_s: list[float]  # this process's CPU seconds at the end of each step
     losses: list[float]  # per step
     real_tokens: list[int]  # per step, image tokens included
     supervised_tokens: list[int]
@@ -153,6 +154,7 @@ def run_peer(work: Work, data_dir: Path, order: list[list[int]], precision: str,
                      assistant_only_loss=True, gradient_checkpointing=False,
                      train_sampling_strategy="sequential")
     marks: list[float] = []
+    cpu: list[float] = []
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -160,6 +162,7 @@ def run_peer(work: Work, data_dir: Path, order: list[list[int]], precision: str,
 
         def on_step_end(self, *a, **k):
             marks.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          callbacks=[Clock()])
@@ -174,7 +177,7 @@ def run_peer(work: Work, data_dir: Path, order: list[list[int]], precision: str,
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     n, t = _counts(model)
-    return SideResult("peer", precision, "trl", n, t, [m - marks[0] for m in marks[1:]], losses, real, sup,
+    return SideResult("peer", precision, "trl", n, t, [m - marks[0] for m in marks[1:]], cpu, losses, real, sup,
                       computed, peak_rss_mib())
 
 
@@ -238,6 +241,7 @@ def run_mmtune(work: Work, data_dir: Path, precision: str, overrides: list[str],
         raise AssertionError(f"the run's supervised tokens {supervised} differ from its plan's")
     return SideResult("mmtune", precision, variant, sum(r["params"] for r in rows),
                       sum(r["trainable"] for r in rows), [m["elapsed_s"] for m in metrics],
+                      [m["process_cpu_s"] for m in metrics],
                       [m["loss"] for m in metrics], [c[0] for c in counts], supervised,
                       [c[2] for c in counts], peak_rss_mib(),
                       extra={"mfu_per_step": [m["mfu"] for m in metrics], "mfu": stage_sum["mfu"],

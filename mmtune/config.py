@@ -284,7 +284,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16 (as accelerate names them)
     max_length: int = 512
-    packing: bool = False  # several examples per row, no attention across them
+    packing: bool = True  # several examples per row, no attention across them (exact: see train.attention)
     log_every: int = 10
     save_every: int = 0  # 0: only at the end of a stage
     on_bad_sample: str = "error"  # error | skip

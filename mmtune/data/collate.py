@@ -259,7 +259,7 @@ class DataStats:
     dropped: list[str] = field(default_factory=list)
 
     def update(self, batch: Batch) -> None:
-        self.examples += batch.input_ids.shape[0]
+        self.examples += len(batch.ids)  # examples, not rows: a packed row holds several
         self.truncated += batch.truncated
         self.dropped += batch.dropped
 

@@ -130,8 +130,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_cpu_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
-    """Best of `repeats` n x n matmuls at the current thread count (FLOP/s)."""
+def measure_cpu_peak(dtype: torch.dtype, n: int = 768, repeats: int = 30) -> float:
+    """Best of `repeats` n x n matmuls at the current thread count (FLOP/s). Short matmuls,
+    best of many: on a shared machine some of them run without being preempted."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up: first call picks kernels
     best = float("inf")
@@ -153,7 +154,7 @@ def device_peak(device: torch.device, mixed_precision: str) -> float:
                 return GPU_BF16_PEAK[key]
         raise ValueError(f"no bf16 peak known for GPU {name!r}: add it to mmtune.train.flops.GPU_BF16_PEAK")
     dtype = torch.bfloat16 if mixed_precision in ("bf16", "fp16") else torch.float32
-    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
+    key = f"v2|{_cpu_name()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
     path = _cache_file()
     try:
         known = json.loads(path.read_text())
@@ -187,11 +188,13 @@ class MFUMeter:
         self.real += sum(int(b.attention_mask.sum()) for b in batches)
         self.computed += sum(b.input_ids.numel() for b in batches)
 
-    def take(self) -> float:
+    def take(self) -> dict:
+        """`mfu` since the previous take, and this process's CPU seconds so far (on a shared
+        machine, wall time includes waiting for a core; CPU time says how much ran)."""
         now = time.perf_counter()
         mfu = self.flops / max(now - self.t_last, 1e-9) / self.peak
         self.flops, self.t_last = 0.0, now
-        return round(mfu, 5)
+        return {"mfu": round(mfu, 5), "process_cpu_s": round(time.process_time(), 3)}
 
     def summary(self) -> dict:
         seconds = max(time.perf_counter() - self.t_start, 1e-9)

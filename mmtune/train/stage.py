@@ -74,7 +74,7 @@ def run_stage(name: str, model: torch.nn.Module, dataset, collate_fn: Callable, 
                       "tokens_per_s": round(speed.take(), 1), "grad_norm": round(result.grad_norm, 4),
                       "supervised_tokens": result.tokens,
                       "padding_efficiency": round(result.seen_tokens / max(result.computed_tokens, 1), 4),
-                      "mfu": meter.take(),
+                      **meter.take(),
                       "elapsed_s": round(time.perf_counter() - t_start, 2)}
             log.write(record)
             bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}")
