@@ -130,17 +130,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_cpu_peak(dtype: torch.dtype, n: int = 768, repeats: int = 30) -> float:
-    """Best of `repeats` n x n matmuls at the current thread count (FLOP/s). Short matmuls,
-    best of many: on a shared machine some of them run without being preempted."""
+def measure_cpu_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
+    """Best of `repeats` n x n matmuls at the current thread count (FLOP/s), timed in CPU
+    seconds per thread: on a shared machine wall time also counts waiting for a core, and a
+    peak measured that way would be too low (MFU above 1)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up: first call picks kernels
+    threads = torch.get_num_threads()
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+        best = min(best, (time.process_time() - t0) / threads)
+    return 2 * n ** 3 / max(best, 1e-9)
 
 
 def device_peak(device: torch.device, mixed_precision: str) -> float:
@@ -154,7 +156,7 @@ def device_peak(device: torch.device, mixed_precision: str) -> float:
                 return GPU_BF16_PEAK[key]
         raise ValueError(f"no bf16 peak known for GPU {name!r}: add it to mmtune.train.flops.GPU_BF16_PEAK")
     dtype = torch.bfloat16 if mixed_precision in ("bf16", "fp16") else torch.float32
-    key = f"v2|{_cpu_name()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
+    key = f"v3|{_cpu_name()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
     path = _cache_file()
     try:
         known = json.loads(path.read_text())
