@@ -296,7 +296,7 @@ class TrainConfig:
     head_at_labels: bool = True  # output head and cross-entropy only where a label is
     feature_cache: bool = True  # a frozen encoder encodes each distinct medium once per run
     compile: bool = False  # torch.compile the LLM (dynamic shapes)
-    fused_optimizer: bool = True  # torch's fused AdamW kernel (CPU and CUDA): ~8x faster steps on CPU
+    fused_optimizer: bool = True  # torch's fused AdamW (CPU, CUDA): its step ~4x cheaper on CPU (0.02 vs 0.09 CPU-s, 25M params)
 
 
 @dataclass
