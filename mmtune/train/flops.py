@@ -166,7 +166,9 @@ def device_peak(device: torch.device, mixed_precision: str) -> float:
         known[key] = measure_cpu_peak(dtype)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(known, indent=1))
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never read half a file
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, path)
         except OSError:  # a read-only home still gets its MFU, measured per run
             pass
     return known[key]
