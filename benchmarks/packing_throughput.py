@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mmtune.config import ModelConfig, from_dict
-from mmtune.data.collate import ExampleEncoder, collate, pack
+from mmtune.data.collate import ExampleBuilder, collate, pack
 from mmtune.data.formats.records import Record
 from mmtune.synth.text import WORDS
 from mmtune.model import MultimodalLM
@@ -30,8 +30,8 @@ from mmtune.zoo import resolve_model
 def examples(model, n: int, seed: int, lo: int, hi: int):
     """Conversations whose answers are lo..hi words long (a long-tailed mix, like chat data)."""
     rng = random.Random(seed)
-    enc = ExampleEncoder(tokenizer=model.tokenizer, template=model.tokenizer.chat_template,
-                         tokens_per_medium={}, placeholder_ids={}, preprocess={}, max_length=4096)
+    enc = ExampleBuilder(tokenizer=model.tokenizer, template=model.tokenizer.chat_template, media={},
+                         max_length=4096)
     out = []
     for i in range(n):
         length = min(hi, lo + int(rng.expovariate(1 / ((hi - lo) / 4))))

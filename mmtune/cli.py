@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .chat import add_chat_parser, answer, load_run as _load_run
+from .chat import add_chat_parser, answer
 from .diffusion.cli import add_edit_parser
 from .data.formats.commands import add_convert_parser
 from .data_inspect import add_inspect_parser

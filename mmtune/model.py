@@ -20,7 +20,9 @@ from torch import nn
 
 from . import encoders as _encoders  # noqa: F401  (fills ENCODERS)
 from . import projectors as _projectors  # noqa: F401  (fills PROJECTORS)
+from .attention import SEGMENTS_KWARG, segment_starts, uses_varlen
 from .batch import MEDIA_TOKENS, Batch, Instruction, MediumSpec
+from .feature_cache import FeatureCache
 from .config import ModelConfig, ProjectorConfig, TokenizerConfig, from_dict, to_dict
 from .data.text.tokenizer import load_tokenizer
 from .llm import adapter_parameters, add_lora, load_llm
@@ -63,6 +65,7 @@ class MultimodalLM(nn.Module):
         self.tokenizer = tokenizer
         self.instruction_tokenizers = instruction_tokenizers or {}  # modality -> projector's tokenizer
         self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(MEDIA_TOKENS[m]) for m in encoders}
+        self.feature_caches: dict[str, FeatureCache] = {}  # modality -> cache, for frozen encoders (train.feature_cache)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -157,8 +160,12 @@ class MultimodalLM(nn.Module):
                      instruction: Instruction | None = None) -> torch.Tensor:
         encoder = self.encoders[modality]
         frozen = not any(p.requires_grad for p in encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = encoder(media)  # [n, N, D_enc]
+        cache = self.feature_caches.get(modality) if frozen else None
+        if cache is not None:
+            features = cache.encode(encoder, media)  # [n, N, D_enc], each distinct medium once
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                features = encoder(media)  # [n, N, D_enc]
         if modality in self.instruction_tokenizers:
             if instruction is None:
                 raise ValueError(f"the {modality} projector reads instructions but the batch has none "
@@ -199,14 +206,22 @@ class MultimodalLM(nn.Module):
             instruction = Instruction(input_ids=one * 0, attention_mask=one)
         return self.encode_media(modality, media, instruction).to(like.dtype)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Logits [B, T, V]. The loss is left to the caller, who knows the token normaliser."""
+    def forward(self, batch: Batch, logits_to_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V]; with `logits_to_keep` (bool [B, T]) only at those positions,
+        flattened to [K, V] (the output head never sees the rest). The loss is left to the
+        caller, who knows the token normaliser."""
         embeds = self.embed(batch)
         # Packed rows: position ids restart per example and no 2-D mask is passed, so
-        # transformers builds a block-diagonal causal mask from the position ids.
+        # transformers builds a block-diagonal causal mask from the position ids, or, with
+        # the varlen attention, each example's segment attends only to itself.
         mask = None if batch.position_ids is not None else batch.attention_mask
+        extra = {}
+        if batch.position_ids is not None and uses_varlen(self.llm):
+            extra[SEGMENTS_KWARG] = segment_starts(batch.position_ids)
+        if logits_to_keep is not None:
+            extra["logits_to_keep"] = logits_to_keep
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch.position_ids,
-                       use_cache=False)
+                       use_cache=False, **extra)
         return out.logits
 
     @torch.no_grad()

@@ -309,7 +309,7 @@ def test_non_prefix_stable_template_raises(word_tok):
         render(word_tok, MULTI, last_marked)
 
 
-# --- ExampleEncoder: placeholder expansion and label masking ----------------------------
+# --- ExampleBuilder: placeholder expansion and label masking ----------------------------
 
 K = 5  # placeholder ids per image
 

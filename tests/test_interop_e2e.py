@@ -45,12 +45,12 @@ def fresh_process_answers(out, image: str, question: str) -> dict:
 
 def mmtune_tokens(run, image: str, question: str) -> list[int]:
     """`mmtune chat`'s own path (cli.answer), keeping the token ids."""
-    from mmtune.cli import _load_run
+    from mmtune.recipes.common import load_run
     from mmtune.data.collate import collate
     from mmtune.data.formats.records import parse_record
     from mmtune.recipes.common import example_builder
 
-    cfg, model = _load_run(str(run))
+    cfg, model = load_run(run)
     record = parse_record({"id": "q", "messages": [{"role": "user", "content": f"<image>\n{question}"}],
                            "images": [image]}, "q", run)
     batch = collate([example_builder(model, cfg, None).encode_prompt(record)], model.tokenizer.pad_token_id,

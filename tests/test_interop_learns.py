@@ -16,7 +16,8 @@ def test_tiny_hf_llava_learns_shapes_and_exports(tmp_path):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mmtune.cli import _load_run, answer
+    from mmtune.cli import answer
+    from mmtune.recipes.common import load_run
 
     data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "hf"
     cli(["data", "synth", "shapes", "--out", str(data), "--seed", "11"])
@@ -26,7 +27,7 @@ def test_tiny_hf_llava_learns_shapes_and_exports(tmp_path):
     cli(["export", str(run), "--format", "hf", "--out", str(out)])
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
-    cfg, ours = _load_run(str(run))
+    cfg, ours = load_run(run)
     test = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines()][:8]
     for record in test:
         question = record["messages"][0]["content"].replace("<image>", "").strip()

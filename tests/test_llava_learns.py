@@ -27,8 +27,9 @@ def test_tiny_llava_learns_shapes(tmp_path):
     # `mmtune chat` answers from the saved run about a held-out image.
     test = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines()]
     colour_q = next(r for r in test if r["meta"]["type"] == "colour")
-    from mmtune.cli import _load_run, answer
+    from mmtune.cli import answer
+    from mmtune.recipes.common import load_run
 
-    cfg, model = _load_run(str(run))
+    cfg, model = load_run(run)
     got = answer(model, cfg, str(data / colour_q["images"][0]), "what colour is the shape ?")
     assert got in ("red", "green", "blue", "yellow")

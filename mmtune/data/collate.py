@@ -167,8 +167,9 @@ def collate(examples: list[Example | Dropped], pad_id: int, left_pad: bool = Fal
     return _batch([[e] for e in kept], examples, pad_id, left_pad, packed=False)
 
 
-def pack(examples: list[Example | Dropped], pad_id: int, max_length: int) -> Batch:
-    """Several examples per row (first-fit by decreasing length, up to `max_length` tokens).
+def pack(examples: list[Example | Dropped], pad_id: int, max_length: int = 0) -> Batch:
+    """Several examples per row (first-fit by decreasing length, up to `max_length` tokens;
+    0: all in one row, so nothing is padded).
 
     Position ids restart at 0 for every example, and the model then builds a block-diagonal
     causal mask from them (transformers does so when no 2-D attention mask is passed), so no
@@ -176,6 +177,7 @@ def pack(examples: list[Example | Dropped], pad_id: int, max_length: int) -> Bat
     so the loss of a packed row equals the losses of its examples computed apart.
     """
     kept = sorted((e for e in examples if isinstance(e, Example)), key=lambda e: -len(e.input_ids))
+    max_length = max_length or sum(len(e.input_ids) for e in kept)
     rows: list[list[Example]] = []
     room: list[int] = []
     for e in kept:

@@ -91,7 +91,7 @@ def training_data(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, templ
     dataset = RecordDataset(records, example_builder(model, cfg, template, task == "caption"))
     pad = model.tokenizer.pad_token_id
     if cfg.train.packing:
-        return dataset, partial(pack, pad_id=pad, max_length=cfg.train.max_length), bad
+        return dataset, partial(pack, pad_id=pad, max_length=cfg.train.pack_length), bad
     return dataset, partial(collate, pad_id=pad), bad
 
 

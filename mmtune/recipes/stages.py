@@ -11,9 +11,11 @@ from pathlib import Path
 
 from ..config import RecipeConfig
 from ..model import MultimodalLM
+from ..train.flops import MFUMeter
 from ..train.loop import LanguageModelObjective
 from ..train.params import parameter_rows, parameter_table, set_trainable
 from ..train.run import start_run, write_json
+from ..train.speed import configure
 from ..train.stage import run_stage
 from .common import eval_data, evaluate_run, stage_data, training_data
 
@@ -33,14 +35,16 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
     model = _initial_model(cfg, run_dir, names[0], fresh)
     summary: dict = {"stages": {}}
     t0 = time.perf_counter()
-    objective = LanguageModelObjective()
+    objective = LanguageModelObjective(head_at_labels=cfg.train.head_at_labels)
     for name in names:
         stage = cfg.stages[name]
         set_trainable(model, stage.train, f"stages.{name}.train")
         accelerator.print(f"[{name}] trainable parameters\n{parameter_table(model)}")
         dataset, collate_fn, bad = training_data(model, cfg, stage_data(cfg, stage), stage.chat_template, stage.task)
+        configure(model, cfg.train, accelerator.device)  # attention path, feature cache, compile
         result = run_stage(name, model, objective, dataset, collate_fn, stage, cfg.train, accelerator, run_dir,
-                           resume=resume, stop_after=stop_after, kbit=bool(model.config.llm.quantize), skipped=bad)
+                           resume=resume, stop_after=stop_after, kbit=bool(model.config.llm.quantize), skipped=bad,
+                           meter=MFUMeter(model, cfg.train.mixed_precision, accelerator.device))
         result["parameters"] = parameter_rows(model)
         result["bad_records"] = len(bad)
         summary["stages"][name] = result

@@ -20,6 +20,7 @@ from transformers import get_scheduler
 
 from ..batch import IGNORE, Batch
 from ..config import StageConfig
+from .head import head_loss_sum
 
 
 class StepBatch(Protocol):
@@ -54,27 +55,34 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class LanguageModelObjective:
-    """Next-token cross-entropy on the supervised (assistant) tokens of a `Batch`."""
+    """Next-token cross-entropy on the supervised (assistant) tokens of a `Batch`.
+    `head_at_labels`: the output head runs only where a label is (train.head_at_labels)."""
+
+    def __init__(self, head_at_labels: bool = False) -> None:
+        self.head_at_labels = head_at_labels
 
     def count(self, batch: Batch) -> int:
         return batch.num_loss_tokens()
 
     def loss_sum(self, model, batch: Batch) -> torch.Tensor:
-        return loss_sum(model(batch), batch.labels)
+        return head_loss_sum(model, batch) if self.head_at_labels else loss_sum(model(batch), batch.labels)
 
     def tokens(self, batch: Batch) -> tuple[int, int]:
         return int(batch.attention_mask.sum()), batch.input_ids.numel()
 
 
-def make_optimizer(params, stage: StageConfig, device=None, kbit: bool = False) -> torch.optim.Optimizer:
-    """AdamW; for a 4-bit (QLoRA) model on CUDA, bitsandbytes' paged 8-bit AdamW as in the paper."""
+def make_optimizer(params, stage: StageConfig, device=None, kbit: bool = False,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW; for a 4-bit (QLoRA) model on CUDA, bitsandbytes' paged 8-bit AdamW as in the paper.
+    `fused`: torch's one-kernel AdamW (train.fused_optimizer), same update as the default."""
     if kbit and device is not None:
         from ..llm import kbit_optimizer
 
         paged = kbit_optimizer(params, stage.lr, stage.betas, stage.weight_decay, device)
         if paged is not None:
             return paged
-    return torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay)
+    return torch.optim.AdamW(params, lr=stage.lr, betas=stage.betas, weight_decay=stage.weight_decay,
+                             fused=fused or None)
 
 
 def make_scheduler(optimizer, stage: StageConfig, max_steps: int | None = None):

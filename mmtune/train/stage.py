@@ -33,6 +33,16 @@ class Hook(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+class Meter(Protocol):
+    """Model FLOPs utilisation of the steps (train/flops.MFUMeter for a MultimodalLM)."""
+
+    def add(self, micro_batches: list) -> None: ...
+
+    def take(self) -> dict: ...  # since the previous take, for a metrics line
+
+    def summary(self) -> dict: ...  # the whole stage
+
+
 class NonFiniteError(RuntimeError):
     pass
 
@@ -44,13 +54,14 @@ class BadDataError(RuntimeError):
 def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, collate_fn: Callable | None,
               stage: StageConfig, train: TrainConfig, accelerator, run_dir: Path, *, resume: bool = True,
               stop_after: int | None = None, hooks: tuple[Hook, ...] = (), kbit: bool = False,
-              skipped: list = ()) -> dict:
+              skipped: list = (), meter: Meter | None = None) -> dict:
     """Train `model`'s trainable parameters on `dataset` for the stage's steps.
 
     Checkpoints go to `run_dir/name/checkpoint-<step>`; with `resume`, the newest readable one
     is loaded and training continues from its step with the same data and random numbers.
     `stop_after` ends the loop early (as if interrupted): used to test resume. `skipped`: the
     records the reader left out (`mmtune.batch.Dropped`), counted with those the batches drop.
+    `meter`: counts the model FLOPs of each step (MFU in metrics.jsonl and the summary).
     """
     stage_dir = Path(run_dir) / name
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -60,7 +71,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
         raise ValueError(f"stage {name!r}: nothing is trainable")
     plan = BatchPlan(len(dataset), stage.batch_size, train.seed, rank, world)
     max_steps = stage_steps(stage, plan.per_epoch)
-    optimizer = make_optimizer(params, stage, accelerator.device, kbit=kbit)
+    optimizer = make_optimizer(params, stage, accelerator.device, kbit=kbit, fused=train.fused_optimizer)
     scheduler = make_scheduler(optimizer, stage, max_steps)
     start, cursor = 0, 0
     found = ckpt.latest_checkpoint(stage_dir, world, accelerator.print) if resume else None
@@ -100,6 +111,8 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
                 micro.append(batch)
         lr = scheduler.get_last_lr()[0]
         result = train_step(wrapped, micro, objective, optimizer, scheduler, accelerator, stage.max_grad_norm, params)
+        if meter is not None:
+            meter.add(micro)
         done = step + 1
         if not result.finite:
             skipped_nonfinite += 1
@@ -120,6 +133,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
                        "grad_norm": round(result.grad_norm, 4), "tokens_per_s": round(rates["tokens"], 1),
                        "samples_per_s": round(rates["samples"], 2), "loss_count": result.count,
                        "padding_efficiency": round(result.real_tokens / max(result.computed_tokens, 1), 4),
+                       **(meter.take() if meter is not None else {}),
                        "elapsed_s": round(time.perf_counter() - t_start, 2),
                        **({"record_ids": [i for b in micro for i in b.ids]} if train.log_record_ids else {})})
             bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{rates['tokens']:.0f}", lr=f"{lr:.2e}")
@@ -137,7 +151,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     return {"stage": name, "steps": end, "max_steps": max_steps, "resumed_from": start,
             "final_loss": None if result is None else result.loss, "train_seconds": round(seconds, 2),
             "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1), "nonfinite_skipped": skipped_nonfinite,
-            "data": stats.as_dict()}
+            **(meter.summary() if meter is not None else {}), "data": stats.as_dict()}
 
 
 def _check_bad_fraction(stats: DataStats, train: TrainConfig, name: str) -> None:
