@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "MultimodalLM": "mmtune.model", "Batch": "mmtune.model",
+    "MultimodalLM": "mmtune.model", "Batch": "mmtune.batch",
     "ModelConfig": "mmtune.config", "RecipeConfig": "mmtune.config",
     "ENCODERS": "mmtune.registry", "PROJECTORS": "mmtune.registry",
     "PRESETS": "mmtune.registry", "RECIPES": "mmtune.registry",
@@ -22,7 +22,8 @@ _REGISTERING = ("mmtune.encoders", "mmtune.projectors", "mmtune.zoo", "mmtune.re
 
 if TYPE_CHECKING:
     from .config import ModelConfig, RecipeConfig
-    from .model import Batch, MultimodalLM
+    from .batch import Batch
+    from .model import MultimodalLM
     from .registry import ENCODERS, PRESETS, PROJECTORS, RECIPES
     from .zoo import count_parameters, preset_config
 

@@ -336,9 +336,11 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # with skip: more skipped updates than this stops the run
     num_workers: int = 0
     threads: int = 0  # torch threads on CPU; 0 keeps torch's default
+    gradient_checkpointing: bool = False  # recompute activations in backward (LLM, trainable HF encoders)
     # Speed switches (issue 12), each measured on/off by benchmarks/peer_llava.py.
     pack_length: int = 0  # tokens per packed row; 0: each micro-batch is one row (no padding)
-    attention: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2"] = "auto"  # auto: varlen when packing (flash_attention_2 on CUDA if installed), else sdpa | varlen | sdpa | eager | flash_attention_2
+    # auto: varlen when packing (flash_attention_2 on CUDA if installed), else sdpa
+    attention: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2"] = "auto"
     head_at_labels: bool = True  # output head and cross-entropy only where a label is
     feature_cache: bool = True  # a frozen encoder encodes each distinct medium once per run
     compile: bool = False  # torch.compile the LLM (dynamic shapes)

@@ -11,6 +11,7 @@ from mmtune.cli import main as cli
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~15-45 CPU-minutes: beyond CI's suite budget; run with `pytest -m long`
 def test_tiny_hf_llava_learns_shapes_and_exports(tmp_path):
     import torch
     from PIL import Image

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from ..config import RecipeConfig, StageConfig, from_dict, load_yaml, merge, parse_overrides
 from ..data.collate import ExampleBuilder, MediaTransform, RecordDataset, collate, pack
@@ -11,8 +10,7 @@ from ..data.formats.records import read_records
 from ..data.text.chat import resolve_template
 from ..data.text.instructions import split_turns
 from ..model import MultimodalLM
-from ..registry import Recipe
-from ..train.evaluate import ShuffledFrames, evaluate_qa, print_qa_eval
+from ..train.evaluate import ShuffledFrames, evaluate_qa
 from ..train.run import write_json
 from ..zoo import resolve_model
 
@@ -126,9 +124,3 @@ def evaluate_saved_run(run_dir: Path, data: str | None = None) -> dict:
     result = evaluate_run(model, cfg, data_file)
     write_json(Path(run_dir) / "eval.json", result)
     return result
-
-
-def multimodal_recipe(name: str, run: Callable[..., dict]) -> Recipe:
-    """The `Recipe` of a MultimodalLM recipe: RecipeConfig, QA evaluation."""
-    return Recipe(run=run, load_config=partial(load_recipe_config, name), evaluate=evaluate_saved_run,
-                  print_eval=print_qa_eval, configs=partial(packaged_configs, name))

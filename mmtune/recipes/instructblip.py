@@ -11,12 +11,10 @@ runs on one process or under `accelerate launch` / `torchrun`.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
-from .common import multimodal_recipe
-from .stages import run_stages
+from .stages import multimodal_recipe
 
 
 def check_config(cfg: RecipeConfig) -> None:
@@ -32,10 +30,5 @@ def check_config(cfg: RecipeConfig) -> None:
             raise ValueError(f"stages.{name}.train: InstructBLIP keeps the vision encoder frozen")
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
-         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
-    check_config(cfg)
-    return run_stages("instructblip", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
-
-
-RECIPES.register("instructblip", multimodal_recipe("instructblip", main))
+main = multimodal_recipe("instructblip", check_config)
+RECIPES.register("instructblip", main)

@@ -9,18 +9,10 @@ The same file runs on one process or under `accelerate launch` / `torchrun`.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-from ..config import RecipeConfig
 from ..registry import RECIPES
-from .common import multimodal_recipe
-from .stages import run_stages
+from .stages import multimodal_recipe
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
-         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
-    """Both stages are data (see configs/llava/*.yaml); the shared driver runs them."""
-    return run_stages("llava", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
-
-
-RECIPES.register("llava", multimodal_recipe("llava", main))
+main = multimodal_recipe("llava", None)
+RECIPES.register("llava", main)

@@ -6,12 +6,10 @@ checkpoints and evaluation are the ones every other recipe uses.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
-from .common import multimodal_recipe
-from .stages import run_stages
+from .stages import multimodal_recipe
 
 
 def check_config(cfg: RecipeConfig) -> None:
@@ -20,10 +18,5 @@ def check_config(cfg: RecipeConfig) -> None:
                          "(use the llava recipe for images)")
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
-         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
-    check_config(cfg)
-    return run_stages("sft", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
-
-
-RECIPES.register("sft", multimodal_recipe("sft", main))
+main = multimodal_recipe("sft", check_config)
+RECIPES.register("sft", main)

@@ -7,17 +7,25 @@ without that model it is an error (`fresh=True` builds one from the config inste
 from __future__ import annotations
 
 import time
+from functools import partial
+
+import torch.distributed as dist
 from pathlib import Path
+from typing import Callable
 
 from ..config import RecipeConfig
 from ..model import MultimodalLM
+from ..registry import Recipe
+from ..train.evaluate import print_qa_eval
+from ..train import engine
 from ..train.flops import MFUMeter
 from ..train.loop import LanguageModelObjective
 from ..train.params import parameter_rows, parameter_table, set_trainable
 from ..train.run import start_run, write_json
 from ..train.speed import configure
 from ..train.stage import run_stage
-from .common import eval_data, evaluate_run, stage_data, training_data
+from .common import (eval_data, evaluate_run, evaluate_saved_run, load_recipe_config, packaged_configs,
+                     stage_data, training_data)
 
 
 def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
@@ -33,6 +41,12 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
     accelerator = start_run(recipe, cfg, cfg.train, run_dir)
 
     model = _initial_model(cfg, run_dir, names[0], fresh)
+    if cfg.train.gradient_checkpointing:
+        accelerator.print(f"gradient checkpointing: {model.enable_gradient_checkpointing()}")
+    # FSDP (an `accelerate launch --config_file fsdp.yaml` run): mmtune's engine shards the model
+    # itself, on CPU+gloo as on GPU+NCCL (accelerate would silently skip it without a GPU).
+    shard_cfg = engine.shard_config_from_launch() if dist.is_available() and dist.is_initialized() else None
+    shard = partial(engine.shard, cfg=shard_cfg) if shard_cfg is not None else None
     summary: dict = {"stages": {}}
     t0 = time.perf_counter()
     objective = LanguageModelObjective(head_at_labels=cfg.train.head_at_labels)
@@ -44,18 +58,16 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         configure(model, cfg.train, accelerator.device)  # attention path, feature cache, compile
         result = run_stage(name, model, objective, dataset, collate_fn, stage, cfg.train, accelerator, run_dir,
                            resume=resume, stop_after=stop_after, kbit=bool(model.config.llm.quantize), skipped=bad,
-                           meter=MFUMeter(model, cfg.train.mixed_precision, accelerator.device))
+                           meter=MFUMeter(model, cfg.train.mixed_precision, accelerator.device), shard=shard)
         result["parameters"] = parameter_rows(model)
         result["bad_records"] = len(bad)
         summary["stages"][name] = result
         if result["steps"] < result["max_steps"]:  # stopped early on purpose: no stage model
             return summary
-        if accelerator.is_main_process:
-            model.save_pretrained(run_dir / name / "model")
-        accelerator.wait_for_everyone()
+        model = _save_model(model, run_dir / name / "model", accelerator, sharded=shard is not None)
     summary["train_seconds"] = round(time.perf_counter() - t0, 2)
+    model = _save_model(model, run_dir / "model", accelerator, sharded=shard is not None)
     if accelerator.is_main_process:
-        model.save_pretrained(run_dir / "model")
         write_json(run_dir / "train_summary.json", summary)
         test_file = eval_data(cfg)
         if evaluate and test_file is not None and test_file.exists():
@@ -63,6 +75,32 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
             write_json(run_dir / "eval.json", summary["eval"])
     accelerator.wait_for_everyone()
     return summary
+
+
+def _save_model(model: MultimodalLM, out: Path, accelerator, sharded: bool) -> MultimodalLM:
+    """The model in its normal formats, written once from the main process. A sharded model is
+    gathered (collective) and written by rank 0; the next stage starts from that file, unsharded
+    (the engine shards it again with that stage's trainable set)."""
+    if not sharded:
+        if accelerator.is_main_process:
+            model.save_pretrained(out)
+        accelerator.wait_for_everyone()
+        return model
+    engine.save_consolidated(model, out)
+    return MultimodalLM.from_pretrained(out, trainable_adapter=True)
+
+
+def multimodal_recipe(name: str, check: Callable[[RecipeConfig], None] | None = None) -> Recipe:
+    """The `Recipe` of a MultimodalLM recipe: its config checks, then the stages it names, on
+    RecipeConfig, with QA evaluation."""
+    def run(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
+            evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
+        if check is not None:
+            check(cfg)
+        return run_stages(name, cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
+
+    return Recipe(run=run, load_config=partial(load_recipe_config, name), evaluate=evaluate_saved_run,
+                  print_eval=print_qa_eval, configs=partial(packaged_configs, name))
 
 
 def _initial_model(cfg: RecipeConfig, run_dir: Path, first_stage: str, fresh: bool) -> MultimodalLM:

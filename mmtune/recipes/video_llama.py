@@ -15,12 +15,10 @@ runs on one process or under `accelerate launch` / `torchrun`.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..config import RecipeConfig
 from ..registry import RECIPES
-from .common import multimodal_recipe
-from .stages import run_stages
+from .stages import multimodal_recipe
 
 BRANCHES = ("video", "audio")
 
@@ -40,10 +38,5 @@ def check_config(cfg: RecipeConfig) -> None:
             raise ValueError(f"model.encoders.{modality}.trainable: Video-LLaMA keeps its encoders frozen")
 
 
-def main(cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
-         evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
-    check_config(cfg)
-    return run_stages("video_llama", cfg, run_dir, stages, resume, evaluate, stop_after, fresh)
-
-
-RECIPES.register("video_llama", multimodal_recipe("video_llama", main))
+main = multimodal_recipe("video_llama", check_config)
+RECIPES.register("video_llama", main)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pickle  # only for its error type: nothing here unpickles
 import random
 import shutil
 from pathlib import Path
@@ -32,6 +33,7 @@ HOOKS = "hooks.safetensors"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.json"
 PROGRESS = "progress.json"
+SHARDED = "sharded"  # under FSDP: weights and optimizer state, one file per rank (torch DCP)
 
 
 class CheckpointError(RuntimeError):
@@ -101,12 +103,22 @@ def write_rank_state(tmp: Path, rank: int, cursor: int) -> None:
     _fsync_write(tmp / f"rank-{rank}.json", json.dumps({"cursor": cursor, "rng": rng_state()}).encode())
 
 
-def write_main_state(tmp: Path, model, optimizer, scheduler, hooks: dict[str, torch.Tensor]) -> None:
-    """Main process: weights, optimizer and schedule (processes hold the same ones under DDP)."""
-    save_file(trainable_state(model), tmp / WEIGHTS)
+def write_sharded_state(tmp: Path, model, optimizer) -> None:
+    """Every process under FSDP: its shards of the trainable weights and optimizer state."""
+    from .engine import save_sharded
+
+    save_sharded(tmp / SHARDED, model, optimizer)
+
+
+def write_main_state(tmp: Path, model, optimizer, scheduler, hooks: dict[str, torch.Tensor],
+                     sharded: bool = False) -> None:
+    """Main process: weights and optimizer (processes hold the same ones under DDP; under FSDP
+    `write_sharded_state` wrote them), hook state and schedule."""
+    if not sharded:
+        save_file(trainable_state(model), tmp / WEIGHTS)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
     if hooks:
         save_file({k: v.detach().contiguous().cpu() for k, v in hooks.items()}, tmp / HOOKS)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
     _fsync_write(tmp / SCHEDULER, json.dumps(scheduler.state_dict()).encode())
     for f in (WEIGHTS, HOOKS, OPTIMIZER):
         if (tmp / f).exists():
@@ -137,9 +149,13 @@ def check_complete(path: Path, world: int) -> dict:
         if progress["world"] != world:
             raise CheckpointError(f"written by {progress['world']} process(es), this run has {world}; "
                                   "resume on the same number of processes")
-        with safe_open(path / WEIGHTS, framework="pt"):
-            pass
-        for name in [OPTIMIZER, SCHEDULER] + [f"rank-{r}.json" for r in range(world)]:
+        if (path / SHARDED).is_dir():
+            whole = [f"{SHARDED}/.metadata"]
+        else:
+            with safe_open(path / WEIGHTS, framework="pt"):
+                pass
+            whole = [OPTIMIZER]
+        for name in whole + [SCHEDULER] + [f"rank-{r}.json" for r in range(world)]:
             if not (path / name).is_file() or (path / name).stat().st_size == 0:
                 raise CheckpointError(f"{name} is missing or empty")
         return progress
@@ -167,7 +183,22 @@ def latest_checkpoint(stage_dir: Path, world: int = 1, say=print) -> Path | None
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> tuple[int, int, dict[str, torch.Tensor]]:
-    """Restore in place; returns (step, this process's data cursor, hook state)."""
+    """Restore in place; returns (step, this process's data cursor, hook state). A sharded
+    (FSDP) checkpoint loads into the identically sharded model (collective)."""
+    if (path / SHARDED).is_dir():
+        from .engine import load_sharded
+
+        load_sharded(path / SHARDED, model, optimizer)
+    else:
+        _load_whole(path, model, optimizer)
+    scheduler.load_state_dict(json.loads((path / SCHEDULER).read_text()))
+    hooks = load_file(path / HOOKS) if (path / HOOKS).exists() else {}
+    mine = json.loads((path / f"rank-{rank}.json").read_text())
+    set_rng_state(mine["rng"])
+    return step_of(path), int(mine["cursor"]), hooks
+
+
+def _load_whole(path: Path, model, optimizer) -> None:
     state = load_file(path / WEIGHTS)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
@@ -179,12 +210,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> tuple
         for n, t in state.items():
             params[n].copy_(t)
     # weights_only: tensors, numbers and containers only; a planted pickle is refused, not run.
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(json.loads((path / SCHEDULER).read_text()))
-    hooks = load_file(path / HOOKS) if (path / HOOKS).exists() else {}
-    mine = json.loads((path / f"rank-{rank}.json").read_text())
-    set_rng_state(mine["rng"])
-    return step_of(path), int(mine["cursor"]), hooks
+    try:
+        optim_state = torch.load(path / OPTIMIZER, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path / OPTIMIZER}: refused, it holds more than tensors and numbers "
+                              f"(loaded with weights_only=True; {str(e).splitlines()[0]})") from None
+    optimizer.load_state_dict(optim_state)
 
 
 def prune(stage_dir: Path, keep_last: int, world: int) -> None:

@@ -149,9 +149,10 @@ class StepResult:
 
 
 def train_step(model, micro_batches: list, objective: Objective, optimizer, scheduler, accelerator,
-               max_grad_norm: float, params: list[torch.nn.Parameter]) -> StepResult:
+               max_grad_norm: float, params: list[torch.nn.Parameter], sharded: bool = False) -> StepResult:
     """Forward/backward every micro-batch with the step-wide normaliser, then update, unless
-    the loss or the gradient norm is not finite (then the gradients are dropped)."""
+    the loss or the gradient norm is not finite (then the gradients are dropped). `sharded`:
+    the model is FSDP2-sharded by mmtune's engine (accelerate did not prepare it)."""
     device = accelerator.device
     local = torch.tensor([float(objective.count(b)) for b in micro_batches], device=device).sum()
     total = accelerator.reduce(local.clone(), reduction="sum")  # counted units, all ranks
@@ -162,13 +163,23 @@ def train_step(model, micro_batches: list, objective: Objective, optimizer, sche
     summed = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        if sharded:
+            from .engine import no_sync
+
+            sync = no_sync(model, enabled=not last)
+        else:
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with sync, accelerator.autocast():
             ls = objective.loss_sum(model, batch.to(device))
         accelerator.backward(ls * scale / denom)
         summed += ls.detach()
     # The norm is computed even without clipping: a non-finite one must stop the update.
-    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    if sharded:  # DTensor gradients: the norm over every shard
+        from .engine import clip_grad_norm
+
+        grad_norm = clip_grad_norm(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+    else:
+        grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
     summed = accelerator.reduce(summed, reduction="sum")
     finite = bool(torch.isfinite(summed)) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
     if finite:

@@ -54,7 +54,8 @@ class BadDataError(RuntimeError):
 def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, collate_fn: Callable | None,
               stage: StageConfig, train: TrainConfig, accelerator, run_dir: Path, *, resume: bool = True,
               stop_after: int | None = None, hooks: tuple[Hook, ...] = (), kbit: bool = False,
-              skipped: list = (), meter: Meter | None = None) -> dict:
+              skipped: list = (), meter: Meter | None = None,
+              shard: Callable[[torch.nn.Module], object] | None = None) -> dict:
     """Train `model`'s trainable parameters on `dataset` for the stage's steps.
 
     Checkpoints go to `run_dir/name/checkpoint-<step>`; with `resume`, the newest readable one
@@ -62,10 +63,15 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     `stop_after` ends the loop early (as if interrupted): used to test resume. `skipped`: the
     records the reader left out (`mmtune.batch.Dropped`), counted with those the batches drop.
     `meter`: counts the model FLOPs of each step (MFU in metrics.jsonl and the summary).
+    `shard`: FSDP2 (mmtune's engine) applied in place before the optimizer sees the weights;
+    checkpoints are then sharded, and accelerate does not wrap the model.
     """
     stage_dir = Path(run_dir) / name
     rank, world = accelerator.process_index, accelerator.num_processes
     log = MetricsLog(run_dir, enabled=accelerator.is_main_process, trackers=accelerator)
+    if shard is not None:
+        shard(model)
+    sharded = shard is not None
     params = trainable_parameters(model)
     if not params:
         raise ValueError(f"stage {name!r}: nothing is trainable")
@@ -81,7 +87,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
             hook.load_state_dict(hook_state)
         accelerator.print(f"[{name}] resumed from {found} at step {start}")
     log.truncate_after(name, start)  # lines a killed run logged past the point we resume from
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    wrapped, optimizer = (model, optimizer) if sharded else accelerator.prepare(model, optimizer)
     # The loader gets its own generator: creating its iterator must not draw from the global
     # RNG, or a resumed run would be one draw out of step with the uninterrupted one.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan.batches_from(cursor), collate_fn=collate_fn,
@@ -110,7 +116,8 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
             if len(batch):
                 micro.append(batch)
         lr = scheduler.get_last_lr()[0]
-        result = train_step(wrapped, micro, objective, optimizer, scheduler, accelerator, stage.max_grad_norm, params)
+        result = train_step(wrapped, micro, objective, optimizer, scheduler, accelerator, stage.max_grad_norm, params,
+                            sharded=sharded)
         if meter is not None:
             meter.add(micro)
         done = step + 1
@@ -138,20 +145,30 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
                        **({"record_ids": [i for b in micro for i in b.ids]} if train.log_record_ids else {})})
             bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{rates['tokens']:.0f}", lr=f"{lr:.2e}")
         if train.save_every and done % train.save_every == 0 and done != max_steps:
-            _save(accelerator, stage_dir, done, cursor, model, optimizer, scheduler, hooks, train.keep_last)
+            _save(accelerator, stage_dir, done, cursor, model, optimizer, scheduler, hooks, train.keep_last, sharded)
     bar.close()
     if end == max_steps:
         if not (stage_dir / f"checkpoint-{end}").exists():  # a complete checkpoint is never rewritten
-            _save(accelerator, stage_dir, end, cursor, model, optimizer, scheduler, hooks, train.keep_last)
+            _save(accelerator, stage_dir, end, cursor, model, optimizer, scheduler, hooks, train.keep_last, sharded)
         for hook in hooks:
             hook.at_end()
     seconds = time.perf_counter() - t_start
     if stats.dropped:
         accelerator.print(f"[{name}] dropped {len(stats.dropped)} sample(s), e.g. {stats.dropped[0]}")
-    return {"stage": name, "steps": end, "max_steps": max_steps, "resumed_from": start,
+    engine = {"fsdp": _shard_sizes(model)} if sharded else {}
+    return {"stage": name, "steps": end, "max_steps": max_steps, "resumed_from": start, **engine,
             "final_loss": None if result is None else result.loss, "train_seconds": round(seconds, 2),
             "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1), "nonfinite_skipped": skipped_nonfinite,
             **(meter.summary() if meter is not None else {}), "data": stats.as_dict()}
+
+
+def _shard_sizes(model: torch.nn.Module) -> dict:
+    """What this process holds of the trainable weights: the proof that sharding happened."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return {"dtensor": all(isinstance(p, DTensor) for p in params), "numel": sum(p.numel() for p in params),
+            "local_numel": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)}
 
 
 def _check_bad_fraction(stats: DataStats, train: TrainConfig, name: str) -> None:
@@ -164,14 +181,16 @@ def _check_bad_fraction(stats: DataStats, train: TrainConfig, name: str) -> None
 
 
 def _save(accelerator, stage_dir: Path, step: int, cursor: int, model, optimizer, scheduler,
-          hooks: tuple[Hook, ...], keep_last: int) -> None:
+          hooks: tuple[Hook, ...], keep_last: int, sharded: bool) -> None:
     path = stage_dir / f"checkpoint-{step}"
     tmp = ckpt.begin_save(path) if accelerator.is_main_process else ckpt.tmp_dir(path)
     accelerator.wait_for_everyone()
     ckpt.write_rank_state(tmp, accelerator.process_index, cursor)
+    if sharded:
+        ckpt.write_sharded_state(tmp, model, optimizer)  # collective
     if accelerator.is_main_process:
         state = {k: v for hook in hooks for k, v in hook.state_dict().items()}
-        ckpt.write_main_state(tmp, model, optimizer, scheduler, state)
+        ckpt.write_main_state(tmp, model, optimizer, scheduler, state, sharded)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ckpt.finish_save(tmp, path, step, accelerator.num_processes)

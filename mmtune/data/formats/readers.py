@@ -218,6 +218,12 @@ def _utf8(data: bytes, where: str) -> str:
         raise ValueError(f"{where}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
 
 
+def _json_object(obj, where: str) -> dict:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """Yield (where, object) from a .json file holding a list, or a .jsonl file.
 
@@ -241,9 +247,7 @@ def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
-                    if not isinstance(obj, dict):
-                        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                    yield where, obj
+                    yield where, _json_object(obj, where)
         elif suffix == ".json":
             with _open_bytes(path, compressed) as f:
                 text = _utf8(f.read(), str(path))
@@ -254,9 +258,7 @@ def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
             if not isinstance(items, list):
                 raise ValueError(f"{path}: expected a JSON list of objects, got {type(items).__name__}")
             for i, obj in enumerate(items):
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}[{i}]: expected a JSON object, got {type(obj).__name__}")
-                yield f"{path}[{i}]", obj
+                yield f"{path}[{i}]", _json_object(obj, f"{path}[{i}]")
         else:
             kind = suffix + ".gz" if compressed else suffix
             raise ValueError(f"{path}: unsupported file type {kind or '(none)'!r}; expected .json or "
