@@ -50,7 +50,8 @@ def test_qlora_learns_a_new_skill_like_lora(base):
     before.mkdir()
     # The base has not learned to copy: evaluate it on the new skill first.
     (before / "model").symlink_to(run / "model")
-    (before / "config.yaml").write_text((run / "config.yaml").read_text())
+    for name in ("config.yaml", "run.json"):  # the run's config, and which recipe made it
+        (before / name).write_text((run / name).read_text())
     cli(["eval", str(before), "--data", str(copy / "test.jsonl")])
     assert json.loads((before / "eval.json").read_text())["accuracy"] < 0.2
 
