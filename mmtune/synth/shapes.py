@@ -48,13 +48,8 @@ from .shapes_draw import (
     render,
 )
 
+# The task's own names; the drawing names above (SHAPES, COLOURS, render, ...) come from shapes_draw.
 __all__ = [
-    "SHAPES",
-    "COLOURS",
-    "COLOUR_RGB",
-    "BACKGROUND",
-    "POSITIONS",
-    "COUNT_WORDS",
     "QUESTION_TYPES",
     "ANSWERS",
     "TYPE_SPLIT",
@@ -62,7 +57,6 @@ __all__ = [
     "VOCAB",
     "IMAGE_TOKEN",
     "generate",
-    "render",
     "caption_for",
 ]
 
