@@ -29,13 +29,6 @@ class Generation:
     top_p: float = 1.0
 
 
-def load_run(run: str | Path):
-    """The resolved config and the trained MultimodalLM of a run directory."""
-    from .recipes.common import load_run as load
-
-    return load(run)
-
-
 class ChatSession:
     """The conversation so far; `stream(text)` yields the answer's text as it is generated."""
 
@@ -172,6 +165,8 @@ def interactive(session: ChatSession, read: Callable[[str], str] = input, out=sy
 
 
 def _chat(args) -> None:
+    from .recipes.common import load_run
+
     cfg, model = load_run(args.run)
     session = ChatSession(model, cfg, Generation(args.max_new_tokens, args.temperature, args.top_p))
     try:

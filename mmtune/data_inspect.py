@@ -106,7 +106,7 @@ def inspect_data(data: str | Path, cfg, model, n: int = 3, out=None, colour: boo
 
 
 def _inspect(args) -> None:
-    from .chat import load_run
+    from .recipes.common import load_run
     from .model import MultimodalLM
     from .recipes.common import load_recipe_config
 

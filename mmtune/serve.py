@@ -26,7 +26,8 @@ def _gradio():
 
 def chat_app(run: str | Path, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0):
     """The page for a MultimodalLM run: one question per submission about the uploaded media."""
-    from .chat import ChatSession, Generation, load_run
+    from .chat import ChatSession, Generation
+    from .recipes.common import load_run
 
     gr = _gradio()
     cfg, model = load_run(run)

@@ -62,7 +62,8 @@ def test_plot_writes_a_nontrivial_png(run, capsys):
 
 
 def test_chat_session_keeps_the_conversation(run):
-    from mmtune.chat import ChatSession, Generation, load_run
+    from mmtune.chat import ChatSession, Generation
+    from mmtune.recipes.common import load_run
 
     data, run_dir = run
     cfg, model = load_run(run_dir)
@@ -106,7 +107,8 @@ def test_chat_session_with_video_and_audio(tmp_path):
 def test_interactive_chat_through_a_pseudo_terminal(run):
     """Drive `mmtune chat RUN` as a person would: attach, ask twice, reset, ask again, quit."""
     pexpect = pytest.importorskip("pexpect")
-    from mmtune.chat import ChatSession, Generation, load_run
+    from mmtune.chat import ChatSession, Generation
+    from mmtune.recipes.common import load_run
 
     data, run_dir = run
     image = data / "images" / "test_00001.png"

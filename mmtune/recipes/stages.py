@@ -112,9 +112,9 @@ def _initial_model(cfg: RecipeConfig, run_dir: Path, first_stage: str, fresh: bo
     if not before or fresh:
         return MultimodalLM.build(cfg.model)
     saved = run_dir / before[-1] / "model"
-    if not (saved / "mmtune_config.json").exists() and cfg.model.init_from:
-        return MultimodalLM.build(cfg.model)
     if not (saved / "mmtune_config.json").exists():
+        if cfg.model.init_from:
+            return MultimodalLM.build(cfg.model)
         raise FileNotFoundError(f"stage {first_stage!r} starts from stage {before[-1]!r}'s model, but "
                                 f"{saved} does not exist: run stage {before[-1]!r} first, or pass --fresh "
                                 "to start from the config's model")
