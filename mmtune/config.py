@@ -328,7 +328,7 @@ class TrainConfig:
     packing: bool = True  # several examples per row, no attention across them (exact: see train.attention)
     log_every: int = 10
     log_record_ids: bool = False  # metrics.jsonl names the records each logged step trained on (main process)
-    save_every: int = 0  # 0: only at the end of a stage
+    save_every: int = 0  # 0: no checkpoints (a killed stage starts over); the saved model marks a stage done
     keep_last: int = 0  # keep only the newest N checkpoints of a stage (0: all)
     on_bad_sample: OnBadSample = "error"  # skip: bad records are dropped and counted
     max_bad_fraction: float = 0.1  # with skip: more bad records than this share stops the run

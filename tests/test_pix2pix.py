@@ -128,7 +128,8 @@ def test_run_resume_pipeline_and_cli(tmp_path, edits):
     summary = pix2pix(cfg, run, evaluate=False)  # resumes at step 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and summary["ema"]
-    assert (run / "train" / "checkpoint-3" / "hooks.safetensors").exists() and (run / "config.yaml").exists()
+    assert (run / "train" / "checkpoint-2" / "hooks.safetensors").exists() and (run / "config.yaml").exists()
+    assert not (run / "train" / "checkpoint-3").exists()  # the last step's record is the pipeline itself
 
     # The run is a plain diffusers pipeline with separate text and image guidance.
     pipe = load_pipeline(run / "model")

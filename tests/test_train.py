@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -104,8 +105,7 @@ def test_metrics_and_run_dir(shapes, tmp_path):
     assert [(r["stage"], r["step"]) for r in rows] == [("pretrain", 1), ("pretrain", 2), ("finetune", 1), ("finetune", 2)]
     for r in rows:
         assert {"step", "loss", "lr", "tokens_per_s"} <= set(r) and r["tokens_per_s"] > 0
-    for p in ["config.yaml", "eval.json", "model/mmtune_config.json", "pretrain/checkpoint-2/trainable.safetensors",
-              "finetune/checkpoint-2/optimizer.pt", "pretrain/model/mmtune_config.json"]:
+    for p in ["config.yaml", "eval.json", "model/mmtune_config.json", "pretrain/model/mmtune_config.json"]:
         assert (tmp_path / p).exists(), p
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert {"accuracy", "blank_media_accuracy", "by_type", "chance"} <= set(ev)
@@ -141,3 +141,29 @@ def test_warmup_then_cosine_to_min_ratio():
     assert lrs[0] == 0.0 and lrs[4] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
     assert lrs[-1] == pytest.approx(0.1, abs=0.02)
+
+
+def test_final_weights_written_once_and_a_rerun_does_nothing(shapes, tmp_path, capsys):
+    """The last step gets no checkpoint and the last stage no stage model: the run's model/ is
+    the only copy of the final weights, and its presence marks the run finished."""
+    cfg = small_cfg(shapes, "stages.pretrain.max_steps=2", "stages.finetune.max_steps=3", "train.save_every=1",
+                    "stages.pretrain.batch_size=4", "stages.finetune.batch_size=4", "train.log_every=1")
+    llava_main(cfg, tmp_path, evaluate=False)
+    assert sorted(p.name for p in (tmp_path / "finetune").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in (tmp_path / "pretrain").iterdir()) == ["checkpoint-1", "model"]
+    assert (tmp_path / "model" / "mmtune_config.json").exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # published: no temporary folder left
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    stamp = (tmp_path / "model" / "projectors.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    summary = llava_main(cfg, tmp_path, evaluate=False)  # finished: nothing to train, nothing rewritten
+    out = capsys.readouterr().out
+    assert "[pretrain] finished earlier" in out and "[finetune] finished earlier" in out
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+    assert (tmp_path / "model" / "projectors.safetensors").stat().st_mtime_ns == stamp
+    assert summary["stages"]["finetune"]["steps"] == 3  # the earlier run's figures, kept
+    # A stage killed after its last step but before its model was published resumes from its
+    # newest checkpoint and trains only the steps after it.
+    shutil.rmtree(tmp_path / "model")
+    summary = llava_main(cfg, tmp_path, evaluate=False)
+    assert summary["stages"]["finetune"]["resumed_from"] == 2 and (tmp_path / "model").is_dir()

@@ -92,7 +92,7 @@ def test_recipe_trains_the_projector_then_cli_evaluates(motion_dir, tmp_path, ca
     rows = {r["part"]: r for r in summary["stages"]["finetune"]["parameters"]}
     assert rows["encoder.video"]["trainable"] == 0 and rows["projector.video"]["trainable"] > 0
     assert summary["stages"]["pretrain"]["data"]["examples"] == 8  # 2 steps x 4 captions
-    for name in ("config.yaml", "metrics.jsonl", "eval.json", "pretrain/checkpoint-2", "finetune/checkpoint-2"):
+    for name in ("config.yaml", "metrics.jsonl", "eval.json", "pretrain/model", "model"):
         assert (run / name).exists(), name
     (run / "eval.json").unlink()
     cli(["eval", str(run)])

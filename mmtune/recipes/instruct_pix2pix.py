@@ -9,16 +9,18 @@ scales needs. Optionally an EMA of the UNet weights is what gets saved.
 It trains on the loop every recipe shares (`mmtune.train.stage.run_stage`): this file only
 supplies the UNet, the diffusion objective and the EMA hook. The run directory holds
 config.yaml, metrics.jsonl, train/checkpoint-<step>/ (a rerun resumes from the latest),
-model/ (a diffusers StableDiffusionInstructPix2PixPipeline), train_summary.json, eval.json
-and eval_grid.png. The same file runs on one process or under `accelerate launch` / `torchrun`.
+model/ (a diffusers StableDiffusionInstructPix2PixPipeline, written once when training ends; a
+rerun then has nothing to do), train_summary.json, eval.json and eval_grid.png. The same file runs on one process or under `accelerate launch` / `torchrun`.
 """
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
 from ..diffusion.config import STAGE, EditRecipeConfig, edit_config_from_run
 from ..registry import RECIPES, Recipe
+from ..train import checkpoint as ckpt
 from ..train.run import start_run, write_json
 from ..train.stage import run_stage
 from .common import eval_data, load_config, packaged_configs, stage_data
@@ -39,6 +41,10 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     data_file = stage_data(cfg, stage)
     run_dir = Path(run_dir)
     accelerator = start_run("instruct_pix2pix", cfg, cfg.train, run_dir)
+    if resume and ckpt.published(run_dir / "model"):  # its pipeline exists: finished earlier
+        accelerator.print(f"[{STAGE}] finished earlier: {run_dir / 'model'}")
+        done = run_dir / "train_summary.json"
+        return json.loads(done.read_text()) if done.exists() else {"stage": STAGE, "finished_earlier": True}
     parts = build_components(cfg.model)
     accelerator.print(_parameter_table(parts))
     triplets, bad = read_triplets(data_file, cfg.train.on_bad_sample == "skip")
@@ -58,9 +64,11 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     summary.update(bad_records=len(bad), ema=bool(hooks))
     if summary["steps"] < summary["max_steps"]:  # stopped early on purpose: no model
         return summary
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # the pipeline, published in one rename: the stage's end
         parts.unet.to("cpu")
-        parts.pipeline().save_pretrained(run_dir / "model")
+        tmp = ckpt.begin_save(run_dir / "model")
+        parts.pipeline().save_pretrained(tmp)
+        ckpt.publish(tmp, run_dir / "model")
         write_json(run_dir / "train_summary.json", summary)
         test_file = eval_data(cfg)
         if evaluate and test_file is not None and test_file.exists():

@@ -6,6 +6,7 @@ without that model it is an error (`fresh=True` builds one from the config inste
 """
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 
@@ -17,6 +18,7 @@ from ..config import RecipeConfig
 from ..model import MultimodalLM
 from ..registry import Recipe
 from ..train.evaluate import print_qa_eval
+from ..train import checkpoint as ckpt
 from ..train import engine
 from ..train.flops import MFUMeter
 from ..train.loop import LanguageModelObjective
@@ -39,18 +41,27 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
     for name in names:
         stage_data(cfg, cfg.stages[name])  # no data: fail before building anything
     accelerator = start_run(recipe, cfg, cfg.train, run_dir)
-
-    model = _initial_model(cfg, run_dir, names[0], fresh)
-    if cfg.train.gradient_checkpointing:
-        accelerator.print(f"gradient checkpointing: {model.enable_gradient_checkpointing()}")
     # FSDP (an `accelerate launch --config_file fsdp.yaml` run): mmtune's engine shards the model
     # itself, on CPU+gloo as on GPU+NCCL (accelerate would silently skip it without a GPU).
     shard_cfg = engine.shard_config_from_launch() if dist.is_available() and dist.is_initialized() else None
     shard = partial(engine.shard, cfg=shard_cfg) if shard_cfg is not None else None
+    earlier = _summary(run_dir) if resume else {}
     summary: dict = {"stages": {}}
     t0 = time.perf_counter()
     objective = LanguageModelObjective(head_at_labels=cfg.train.head_at_labels)
+    model: MultimodalLM | None = None  # built or loaded when a stage needs it
+    start_from: Path | None = None  # the model of the last stage that finished earlier
     for name in names:
+        out = stage_model_dir(cfg, run_dir, name)
+        if resume and ckpt.published(out):  # its model exists: the stage finished earlier
+            accelerator.print(f"[{name}] finished earlier: {out}")
+            summary["stages"][name] = earlier.get(name, {"stage": name, "finished_earlier": True})
+            model, start_from = None, out
+            continue
+        if model is None:
+            model = _initial_model(cfg, run_dir, name, fresh, start_from)
+            if cfg.train.gradient_checkpointing:
+                accelerator.print(f"gradient checkpointing: {model.enable_gradient_checkpointing()}")
         stage = cfg.stages[name]
         set_trainable(model, stage.train, f"stages.{name}.train")
         accelerator.print(f"[{name}] trainable parameters\n{parameter_table(model)}")
@@ -64,30 +75,50 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         summary["stages"][name] = result
         if result["steps"] < result["max_steps"]:  # stopped early on purpose: no stage model
             return summary
-        model = _save_model(model, run_dir / name / "model", accelerator, sharded=shard is not None)
+        _save_model(model, out, accelerator, sharded=shard is not None)
+        start_from = out
+        if shard is not None:  # the next stage (or the evaluation) loads the gathered model
+            model = None
+        if accelerator.is_main_process:  # after each stage: a kill later keeps this stage's figures
+            write_json(run_dir / "train_summary.json", summary)
     summary["train_seconds"] = round(time.perf_counter() - t0, 2)
-    model = _save_model(model, run_dir / "model", accelerator, sharded=shard is not None)
     if accelerator.is_main_process:
         write_json(run_dir / "train_summary.json", summary)
         test_file = eval_data(cfg)
         if evaluate and test_file is not None and test_file.exists():
+            if model is None:  # the stages finished earlier, or were sharded: their saved model
+                model = MultimodalLM.from_pretrained(start_from)
             summary["eval"] = evaluate_run(model, cfg, test_file, accelerator.device)
             write_json(run_dir / "eval.json", summary["eval"])
     accelerator.wait_for_everyone()
     return summary
 
 
-def _save_model(model: MultimodalLM, out: Path, accelerator, sharded: bool) -> MultimodalLM:
-    """The model in its normal formats, written once from the main process. A sharded model is
-    gathered (collective) and written by rank 0; the next stage starts from that file, unsharded
-    (the engine shards it again with that stage's trainable set)."""
-    if not sharded:
-        if accelerator.is_main_process:
-            model.save_pretrained(out)
-        accelerator.wait_for_everyone()
-        return model
-    engine.save_consolidated(model, out)
-    return MultimodalLM.from_pretrained(out, trainable_adapter=True)
+def stage_model_dir(cfg: RecipeConfig, run_dir: Path, name: str) -> Path:
+    """Where stage `name` saves its model: the config's last stage saves the run's model
+    (`run_dir/model`, written once), an earlier one `run_dir/<name>/model`, where the next
+    stage starts from."""
+    return run_dir / "model" if name == list(cfg.stages)[-1] else run_dir / name / "model"
+
+
+def _summary(run_dir: Path) -> dict:
+    """The stages an earlier run of this folder recorded in train_summary.json."""
+    path = run_dir / "train_summary.json"
+    return json.loads(path.read_text()).get("stages", {}) if path.exists() else {}
+
+
+def _save_model(model: MultimodalLM, out: Path, accelerator, sharded: bool) -> None:
+    """The model in its normal formats, written once from the main process into a temporary
+    folder and published by one rename (the stage's end). A sharded model is gathered
+    (collective) and written by rank 0."""
+    tmp = ckpt.begin_save(out) if accelerator.is_main_process else ckpt.tmp_dir(out)
+    if sharded:
+        engine.save_consolidated(model, tmp)
+    elif accelerator.is_main_process:
+        model.save_pretrained(tmp)
+    if accelerator.is_main_process:
+        ckpt.publish(tmp, out)
+    accelerator.wait_for_everyone()
 
 
 def multimodal_recipe(name: str, check: Callable[[RecipeConfig], None] | None = None) -> Recipe:
@@ -103,15 +134,19 @@ def multimodal_recipe(name: str, check: Callable[[RecipeConfig], None] | None = 
                   print_eval=print_qa_eval, configs=partial(packaged_configs, name))
 
 
-def _initial_model(cfg: RecipeConfig, run_dir: Path, first_stage: str, fresh: bool) -> MultimodalLM:
-    """Continue from the model the stage before `first_stage` saved; build from the config (a
-    released checkpoint with `model.init_from`) for the first stage, when that model does not
+def _initial_model(cfg: RecipeConfig, run_dir: Path, first_stage: str, fresh: bool,
+                   start_from: Path | None = None) -> MultimodalLM:
+    """The model `first_stage` starts from: `start_from` (the model of the stage before, which
+    finished in an earlier run) when given; else the model the stage before saved; the config's
+    (a released checkpoint with `model.init_from`) for the first stage, when that model does not
     exist but `init_from` names the start, or when asked (`fresh`)."""
+    if start_from is not None:
+        return MultimodalLM.from_pretrained(start_from, trainable_adapter=True)
     order = list(cfg.stages)
     before = order[: order.index(first_stage)]
     if not before or fresh:
         return MultimodalLM.build(cfg.model)
-    saved = run_dir / before[-1] / "model"
+    saved = stage_model_dir(cfg, run_dir, before[-1])
     if not (saved / "mmtune_config.json").exists():
         if cfg.model.init_from:
             return MultimodalLM.build(cfg.model)

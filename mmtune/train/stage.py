@@ -58,8 +58,10 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
               shard: Callable[[torch.nn.Module], object] | None = None) -> dict:
     """Train `model`'s trainable parameters on `dataset` for the stage's steps.
 
-    Checkpoints go to `run_dir/name/checkpoint-<step>`; with `resume`, the newest readable one
-    is loaded and training continues from its step with the same data and random numbers.
+    Checkpoints go to `run_dir/name/checkpoint-<step>` every `train.save_every` steps, but not
+    after the last step: the caller then saves the model (`checkpoint.publish`), which is what
+    marks the stage finished. With `resume`, the newest readable checkpoint is loaded and
+    training continues from its step with the same data and random numbers.
     `stop_after` ends the loop early (as if interrupted): used to test resume. `skipped`: the
     records the reader left out (`mmtune.batch.Dropped`), counted with those the batches drop.
     `meter`: counts the model FLOPs of each step (MFU in metrics.jsonl and the summary).
@@ -147,9 +149,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
         if train.save_every and done % train.save_every == 0 and done != max_steps:
             _save(accelerator, stage_dir, done, cursor, model, optimizer, scheduler, hooks, train.keep_last, sharded)
     bar.close()
-    if end == max_steps:
-        if not (stage_dir / f"checkpoint-{end}").exists():  # a complete checkpoint is never rewritten
-            _save(accelerator, stage_dir, end, cursor, model, optimizer, scheduler, hooks, train.keep_last, sharded)
+    if end == max_steps:  # no checkpoint: the caller publishes the model, the stage's record of its end
         for hook in hooks:
             hook.at_end()
     seconds = time.perf_counter() - t_start
