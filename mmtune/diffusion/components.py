@@ -61,6 +61,22 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> None:
     unet.register_to_config(in_channels=in_channels)  # so save/load rebuilds the wider conv
 
 
+def unet_blocks(unet: UNet2DConditionModel) -> list[torch.nn.Module]:
+    """The UNet's FSDP units (train/engine.shard_units): its down, mid and up blocks."""
+    mid = [unet.mid_block] if unet.mid_block is not None else []
+    return [*unet.down_blocks, *mid, *unet.up_blocks]
+
+
+def unsharded_unet(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> UNet2DConditionModel:
+    """A plain UNet of `unet`'s config holding `state` (the gathered weights, on rank 0), for
+    the saved pipeline; other ranks (empty `state`) keep theirs."""
+    if not state:
+        return unet
+    twin = UNet2DConditionModel.from_config(unet.config)
+    twin.load_state_dict(state)
+    return twin
+
+
 def latent_channels(vae) -> int:
     return int(vae.config.latent_channels)
 

@@ -67,13 +67,18 @@ class EditObjective:
 
 class EmaHook:
     """An exponential moving average of the UNet's weights (diffusers' EMAModel), updated after
-    every step, checkpointed with the run, and copied into the UNet when the stage ends."""
+    every step, checkpointed with the run, and copied into the UNet when the stage ends. It is
+    made when the stage starts, from the parameters as trained: under FSDP each rank averages
+    its own shards."""
 
-    def __init__(self, unet: torch.nn.Module, decay: float) -> None:
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    def at_start(self, module: torch.nn.Module) -> None:
         from diffusers.training_utils import EMAModel
 
-        self.params = list(unet.parameters())
-        self.ema = EMAModel(self.params, decay=decay)
+        self.params = list(module.parameters())
+        self.ema = EMAModel(self.params, decay=self.decay)
 
     def after_step(self, step: int) -> None:
         self.ema.step(self.params)

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..diffusion.config import STAGE, EditRecipeConfig, edit_config_from_run
 from ..registry import RECIPES, Recipe
 from ..train import checkpoint as ckpt
+from ..train import engine
 from ..train.run import start_run, write_json
 from ..train.stage import run_stage
 from .common import eval_data, load_config, packaged_configs, stage_data
@@ -30,7 +31,7 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
          evaluate: bool = True, stop_after: int | None = None, fresh: bool = False) -> dict:
     # diffusers is an optional dependency (the `diffusion` extra) and slow to import: only
     # this recipe loads it, when it runs.
-    from ..diffusion.components import build_components
+    from ..diffusion.components import build_components, unet_blocks, unsharded_unet
     from ..diffusion.data import TripletDataset, read_triplets
     from ..diffusion.evaluate import evaluate_edit_run
     from ..diffusion.train import EditObjective, EmaHook, collate_edits
@@ -57,13 +58,19 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     parts.vae.to(device)
     parts.text_encoder.to(device)
     parts.unet.requires_grad_(True)
-    hooks = (EmaHook(parts.unet, cfg.edit.ema_decay),) if cfg.edit.ema_decay > 0 else ()
+    hooks = (EmaHook(cfg.edit.ema_decay),) if cfg.edit.ema_decay > 0 else ()
+    # FSDP (an `accelerate launch --config_file fsdp.yaml` run): the UNet is sharded block by
+    # block by mmtune's engine; the frozen VAE and text encoder stay whole on every process.
+    shard_cfg = engine.launch_shard_config()
+    shard = partial(engine.shard_units, units=unet_blocks(parts.unet), cfg=shard_cfg) if shard_cfg else None
     summary = run_stage(STAGE, parts.unet, EditObjective(parts, cfg.edit.conditioning_dropout, device), dataset,
                         collate_edits, stage, cfg.train, accelerator, run_dir, resume=resume,
-                        stop_after=stop_after, hooks=hooks, skipped=bad)
+                        stop_after=stop_after, hooks=hooks, skipped=bad, shard=shard)
     summary.update(bad_records=len(bad), ema=bool(hooks))
     if summary["steps"] < summary["max_steps"]:  # stopped early on purpose: no model
         return summary
+    if shard is not None:  # gathered once (collective); rank 0 saves an unsharded twin
+        parts.unet = unsharded_unet(parts.unet, engine.full_state_dict(parts.unet))
     if accelerator.is_main_process:  # the pipeline, published in one rename: the stage's end
         parts.unet.to("cpu")
         tmp = ckpt.begin_save(run_dir / "model")

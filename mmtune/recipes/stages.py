@@ -10,7 +10,6 @@ import json
 import time
 from functools import partial
 
-import torch.distributed as dist
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +42,7 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
     accelerator = start_run(recipe, cfg, cfg.train, run_dir)
     # FSDP (an `accelerate launch --config_file fsdp.yaml` run): mmtune's engine shards the model
     # itself, on CPU+gloo as on GPU+NCCL (accelerate would silently skip it without a GPU).
-    shard_cfg = engine.shard_config_from_launch() if dist.is_available() and dist.is_initialized() else None
+    shard_cfg = engine.launch_shard_config()
     shard = partial(engine.shard, cfg=shard_cfg) if shard_cfg is not None else None
     earlier = _summary(run_dir) if resume else {}
     summary: dict = {"stages": {}}

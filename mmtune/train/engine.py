@@ -66,6 +66,12 @@ def shard_config_from_launch(env: Mapping[str, str] | None = None) -> ShardConfi
                        reshard_after_forward=env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true")
 
 
+def launch_shard_config() -> ShardConfig | None:
+    """This process's FSDP settings when it runs under an FSDP launch with its process group
+    joined, else None: what every recipe driver asks before it trains."""
+    return shard_config_from_launch() if dist.is_available() and dist.is_initialized() else None
+
+
 def device_mesh() -> DeviceMesh:
     """A 1-D mesh over every process: CUDA when the process has a GPU, else CPU (gloo)."""
     if not dist.is_initialized():
@@ -90,31 +96,38 @@ def decoder_layers(llm: nn.Module) -> list[nn.Module]:
 
 
 def shard(model: nn.Module, cfg: ShardConfig | None = None, mesh: DeviceMesh | None = None) -> nn.Module:
-    """Apply FSDP2 in place (decoder layers, encoders, projectors, root); returns the model.
-    Set `requires_grad` (the stage's trainable set, LoRA) before: frozen parameters stay
-    frozen and get no gradient or optimizer state."""
-    cfg = cfg or ShardConfig()
+    """Apply FSDP2 in place to a MultimodalLM (decoder layers, encoders, projectors, root);
+    returns the model. Set `requires_grad` (the stage's trainable set, LoRA) before: frozen
+    parameters stay frozen and get no gradient or optimizer state."""
     if model.config.llm.quantize:
         raise ValueError(f"model.llm.quantize={model.config.llm.quantize}: FSDP cannot shard "
                          "bitsandbytes 4-bit weights here; run QLoRA under DDP")
+    parts = [p for p in (*model.encoders.values(), *model.projectors.values()) if any(True for _ in p.parameters())]
+    shard_units(model, [*decoder_layers(model.llm), *parts], cfg, mesh)
+    # generate() bypasses forward(): gather the root's weights (embeddings, lm_head) for it too.
+    register_fsdp_forward_method(model, "generate")
+    return model
+
+
+def shard_units(root: nn.Module, units: list[nn.Module], cfg: ShardConfig | None = None,
+                mesh: DeviceMesh | None = None) -> nn.Module:
+    """FSDP2 in place: each unit (a block whose weights are gathered together just before its
+    forward and freed after), then the root, which holds whatever the units do not. Any
+    module: a MultimodalLM (`shard`), a diffusers UNet (its down, mid and up blocks)."""
+    cfg = cfg or ShardConfig()
     mesh = mesh or device_mesh()
     compute = PRECISIONS[cfg.mixed_precision]
     if compute is not None:
-        model.float()  # fp32 master weights; compute in `compute` dtype
+        root.float()  # fp32 master weights; compute in `compute` dtype
     kwargs = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward,
               "mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32
                                                 if compute is not None else None),
               "offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
               if cfg.cpu_offload else OffloadPolicy()}
-    for layer in decoder_layers(model.llm):
-        fully_shard(layer, **kwargs)
-    for part in (*model.encoders.values(), *model.projectors.values()):
-        if any(True for _ in part.parameters()):
-            fully_shard(part, **kwargs)
-    fully_shard(model, **kwargs)
-    # generate() bypasses forward(): gather the root's weights (embeddings, lm_head) for it too.
-    register_fsdp_forward_method(model, "generate")
-    return model
+    for unit in units:
+        fully_shard(unit, **kwargs)
+    fully_shard(root, **kwargs)
+    return root
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -166,6 +179,20 @@ def load_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=options)
+
+
+def gather_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole tensors for a dict that may hold DTensor shards (e.g. a hook's EMA weights), on
+    every rank; collective when any is sharded."""
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+
+
+def shard_like(state: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole tensors (from `gather_tensors`) cut into this rank's shards the way `like`'s are."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return {k: distribute_tensor(v.to(like[k].dtype), like[k].device_mesh, like[k].placements)
+            if isinstance(like.get(k), DTensor) else v for k, v in state.items()}
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

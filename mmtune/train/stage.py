@@ -24,6 +24,8 @@ from .loop import (BatchPlan, Objective, Throughput, make_optimizer, make_schedu
 class Hook(Protocol):
     """Something a recipe runs beside the loop, whose state is checkpointed with it."""
 
+    def at_start(self, module: torch.nn.Module) -> None: ...  # the module as trained (sharded under FSDP)
+
     def after_step(self, step: int) -> None: ...
 
     def at_end(self) -> None: ...  # the stage finished all its steps
@@ -74,6 +76,8 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     if shard is not None:
         shard(model)
     sharded = shard is not None
+    for hook in hooks:  # after sharding: a hook keeps the parameters that will be trained
+        hook.at_start(model)
     params = trainable_parameters(model)
     if not params:
         raise ValueError(f"stage {name!r}: nothing is trainable")
@@ -86,6 +90,10 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     if found is not None:
         start, cursor, hook_state = ckpt.load_checkpoint(found, model, optimizer, scheduler, rank)
         for hook in hooks:
+            if sharded:  # saved whole; cut like the hook's own (sharded) state
+                from .engine import shard_like
+
+                hook_state = shard_like(hook_state, hook.state_dict())
             hook.load_state_dict(hook_state)
         accelerator.print(f"[{name}] resumed from {found} at step {start}")
     log.truncate_after(name, start)  # lines a killed run logged past the point we resume from
@@ -186,10 +194,13 @@ def _save(accelerator, stage_dir: Path, step: int, cursor: int, model, optimizer
     tmp = ckpt.begin_save(path) if accelerator.is_main_process else ckpt.tmp_dir(path)
     accelerator.wait_for_everyone()
     ckpt.write_rank_state(tmp, accelerator.process_index, cursor)
+    state = {k: v for hook in hooks for k, v in hook.state_dict().items()}
     if sharded:
         ckpt.write_sharded_state(tmp, model, optimizer)  # collective
+        from .engine import gather_tensors
+
+        state = gather_tensors(state)  # collective: hook state sharded like the weights (EMA)
     if accelerator.is_main_process:
-        state = {k: v for hook in hooks for k, v in hook.state_dict().items()}
         ckpt.write_main_state(tmp, model, optimizer, scheduler, state, sharded)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
