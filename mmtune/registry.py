@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Literal, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -57,6 +57,7 @@ class Recipe:
     print_eval: Callable[[dict], None]
     configs: Callable[[], list[str]]  # the packaged config names
     zoo_rows: Callable[[], list[dict]] | None = None  # presets with parameter counts, beyond the zoo's
+    page: Literal["chat", "edit"] = "chat"  # `mmtune serve`'s page for its runs: ask about media, or edit images
 
     def __call__(self, *args, **kwargs) -> dict:
         return self.run(*args, **kwargs)

@@ -100,9 +100,15 @@ def edit_app(run: str | Path, steps: int | None = None):
 
 
 def build_app(run: str | Path, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0):
+    """The page the run's recipe asks for (`Recipe.page`); a run folder without run.json chats."""
+    from . import recipes  # noqa: F401  (fills RECIPES)
+    from .registry import RECIPES
     from .train.run import recipe_of
 
-    return edit_app(run) if recipe_of(run) == "instruct_pix2pix" else chat_app(run, max_new_tokens, temperature, top_p)
+    name = recipe_of(run)
+    if name is not None and RECIPES.get(name).page == "edit":
+        return edit_app(run)
+    return chat_app(run, max_new_tokens, temperature, top_p)
 
 
 def _serve(args) -> None:

@@ -118,4 +118,4 @@ def test_device_peak_measured_once_and_mfu(tmp_path, monkeypatch, tiny_model):
     labels[:, :10] = -100
     from mmtune.batch import Batch
     meter.add([Batch(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)])
-    assert 0 < meter.take()["mfu"] and meter.summary()["padding_efficiency"] == 1.0
+    assert 0 < meter.take()["mfu"] and meter.summary()["model_flops"] > 0

@@ -109,6 +109,7 @@ def test_metrics_and_run_dir(shapes, tmp_path):
         assert (tmp_path / p).exists(), p
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert {"accuracy", "blank_media_accuracy", "by_type", "chance"} <= set(ev)
+    assert summary["stages"]["finetune"]["padding_efficiency"] == 1.0  # packed: one row, no padding
     # Trainable-parameter accounting per stage: pretrain trains the projector only.
     pre = {r["part"]: r for r in summary["stages"]["pretrain"]["parameters"]}
     fin = {r["part"]: r for r in summary["stages"]["finetune"]["parameters"]}

@@ -118,4 +118,4 @@ def _zoo_rows() -> list[dict]:
 load_edit_config = partial(load_config, EditRecipeConfig, "instruct_pix2pix")
 RECIPES.register("instruct_pix2pix", Recipe(
     run=main, load_config=load_edit_config, evaluate=_evaluate,
-    print_eval=_print_eval, configs=partial(packaged_configs, "instruct_pix2pix"), zoo_rows=_zoo_rows))
+    print_eval=_print_eval, configs=partial(packaged_configs, "instruct_pix2pix"), zoo_rows=_zoo_rows, page="edit"))

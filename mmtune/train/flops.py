@@ -183,14 +183,11 @@ class MFUMeter:
         self.peak = device_peak(torch.device(device), mixed_precision)
         self.t_start = self.t_last = time.perf_counter()
         self.flops = self.flops_total = 0.0
-        self.real = self.computed = 0
 
     def add(self, batches: list[Batch]) -> None:
         f = sum(self.counter.batch_flops(b) for b in batches) + self.counter.take_cache_flops()
         self.flops += f
         self.flops_total += f
-        self.real += sum(int(b.attention_mask.sum()) for b in batches)
-        self.computed += sum(b.input_ids.numel() for b in batches)
 
     def take(self) -> dict:
         """`mfu` since the previous take, and this process's CPU seconds so far (on a shared
@@ -202,6 +199,4 @@ class MFUMeter:
 
     def summary(self) -> dict:
         seconds = max(time.perf_counter() - self.t_start, 1e-9)
-        return {"mfu": round(self.flops_total / seconds / self.peak, 5),
-                "padding_efficiency": round(self.real / max(self.computed, 1), 4),
-                "model_flops": self.flops_total, "peak_flops_per_s": self.peak}
+        return {"mfu": round(self.flops_total / seconds / self.peak, 5), "model_flops": self.flops_total, "peak_flops_per_s": self.peak}

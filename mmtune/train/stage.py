@@ -108,6 +108,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     speed = Throughput()
     t_start = time.perf_counter()
     seen_total = 0  # real tokens through the model, all processes
+    real_here = computed_here = 0  # this process's, for the stage's padding efficiency
     skipped_nonfinite = 0
     end = max_steps if stop_after is None else min(stop_after, max_steps)
     bar = tqdm(range(start, end), desc=name, disable=not accelerator.is_main_process, mininterval=5)
@@ -144,6 +145,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
             hook.after_step(done)
         speed.add(tokens=result.real_tokens * world, samples=result.samples * world)
         seen_total += result.real_tokens * world
+        real_here, computed_here = real_here + result.real_tokens, computed_here + result.computed_tokens
         if done % train.log_every == 0 or done == end:
             rates = speed.take()
             log.write({"stage": name, "step": done, "loss": round(result.loss, 6), "lr": lr,
@@ -167,6 +169,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     return {"stage": name, "steps": end, "max_steps": max_steps, "resumed_from": start, **engine,
             "final_loss": None if result is None else result.loss, "train_seconds": round(seconds, 2),
             "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1), "nonfinite_skipped": skipped_nonfinite,
+            "padding_efficiency": round(real_here / max(computed_here, 1), 4),
             **(meter.summary() if meter is not None else {}), "data": stats.as_dict()}
 
 
