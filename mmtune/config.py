@@ -342,14 +342,15 @@ class TrainConfig:
     # auto: varlen when packing (flash_attention_2 on CUDA if installed), else sdpa
     attention: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2"] = "auto"
     head_at_labels: bool = True  # output head and cross-entropy only where a label is
-    feature_cache: bool = True  # a frozen encoder encodes each distinct medium once per run
+    feature_cache: bool = True  # a frozen encoder decodes and encodes each distinct medium once per run
+    feature_cache_mb: int = 4096  # memory the cache may hold (features + decoded media); beyond it, nothing new is kept
     compile: bool = False  # torch.compile the LLM (dynamic shapes)
     fused_optimizer: bool = True  # torch's fused AdamW (CPU, CUDA): its step ~4x cheaper on CPU (0.02 vs 0.09 CPU-s, 25M params)
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow (accelerate trackers)
 
     def __post_init__(self) -> None:
         check_range(self, 1, "max_length", "log_every")
-        check_range(self, 0, "pack_length", "save_every", "keep_last", "max_nonfinite_steps", "num_workers", "threads")
+        check_range(self, 0, "pack_length", "feature_cache_mb", "save_every", "keep_last", "max_nonfinite_steps", "num_workers", "threads")
         check_range(self, 0, "max_bad_fraction", high=1)
 
 

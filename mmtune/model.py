@@ -100,11 +100,15 @@ class MultimodalLM(nn.Module):
         return self.projectors[modality].num_tokens(self.encoders[modality].num_tokens())
 
     def media_specs(self) -> dict[str, MediumSpec]:
-        """What the collator needs to know about each modality (the data<->model contract)."""
+        """What the collator needs to know about each modality (the data<->model contract). A
+        frozen encoder with a feature cache (`train.feature_cache`) reads through the cache, so
+        a medium is decoded once per run."""
         specs = {}
         for m, enc in self.encoders.items():
+            cache = self.feature_caches.get(m) if not any(p.requires_grad for p in enc.parameters()) else None
             specs[m] = MediumSpec(placeholder_id=self.placeholder_ids[m], tokens=self.tokens_per_medium(m),
-                                  load=enc.load, blank=enc.blank, preprocess=enc.preprocess,
+                                  load=enc.load if cache is None else cache.loader(enc.load),
+                                  blank=enc.blank, preprocess=enc.preprocess,
                                   instruction_tokenizer=self.instruction_tokenizers.get(m),
                                   max_instruction_length=self.config.projectors[m].max_instruction_length)
         return specs

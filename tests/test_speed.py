@@ -119,3 +119,42 @@ def test_device_peak_measured_once_and_mfu(tmp_path, monkeypatch, tiny_model):
     from mmtune.batch import Batch
     meter.add([Batch(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)])
     assert 0 < meter.take()["mfu"] and meter.summary()["model_flops"] > 0
+
+
+def test_feature_cache_keeps_decoded_media_by_file_identity(tmp_path, tiny_model):
+    """A frozen encoder's media are decoded once per unchanged file (the decode can cost more
+    than a small encoder); a changed file is decoded again, non-tensor media pass through, and
+    nothing is kept past the memory budget."""
+    from mmtune.feature_cache import FeatureCache
+
+    clip = tmp_path / "clip.bin"
+    clip.write_bytes(b"x" * 10)
+    decodes = []
+
+    def decode(path: str, where: str) -> torch.Tensor:
+        decodes.append(path)
+        return torch.full((4, 2), float(len(open(path, "rb").read())))
+
+    load = FeatureCache().loader(decode)
+    a = load(str(clip), "d:1")
+    b = load(str(clip), "d:2")
+    assert len(decodes) == 1 and torch.equal(a, b) and a is not b  # a copy: transforms cannot alter it
+    b.add_(1)
+    assert torch.equal(load(str(clip), "d:3"), a)
+    clip.write_bytes(b"y" * 12)  # new content, new size: decoded again
+    assert load(str(clip), "d:4")[0, 0].item() == 12 and len(decodes) == 2
+    small = FeatureCache(max_bytes=16).loader(decode)  # a [4, 2] float tensor is 32 bytes
+    small(str(clip), "d:5"), small(str(clip), "d:6")
+    assert len(decodes) == 4
+    # Through the model: only a frozen encoder's media go through its cache.
+    model = tiny_model()
+    configure(model, TrainConfig(feature_cache=True), torch.device("cpu"))
+    model.encoders["image"].load = decode
+    model.requires_grad_(False)
+    spec = model.media_specs()["image"]
+    spec.load(str(clip), "d:7"), spec.load(str(clip), "d:8")
+    assert len(decodes) == 5 and model.feature_caches["image"].decode_hits == 1
+    model.encoders["image"].requires_grad_(True)
+    spec = model.media_specs()["image"]
+    spec.load(str(clip), "d:9")
+    assert len(decodes) == 6

@@ -32,7 +32,8 @@ def configure(model: torch.nn.Module, train: TrainConfig, device: torch.device) 
     set_attention(model.llm, attention_for(train, device))
     if train.feature_cache:
         # Kept across stages: the cache empties itself when the encoder's weights change.
-        model.feature_caches = {m: model.feature_caches.get(m) or FeatureCache() for m in model.encoders}
+        budget = train.feature_cache_mb << 20
+        model.feature_caches = {m: model.feature_caches.get(m) or FeatureCache(budget) for m in model.encoders}
     else:
         model.feature_caches = {}
     if train.compile and not getattr(model.llm, "_compiled_call_impl", None):
