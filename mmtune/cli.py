@@ -127,9 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", required=True)
     t.add_argument("--data", help="data directory (sets data_dir)")
     t.add_argument("--stage", help="run only this stage")
-    t.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output dir")
+    t.add_argument("--no-resume", action="store_true",
+                   help="train the stages again from their start: their checkpoints and the models they "
+                        "led to in the output dir are removed (finished stages are otherwise skipped)")
     t.add_argument("--fresh", action="store_true",
-                   help="with --stage: build the model from the config instead of the previous stage's")
+                   help="with --stage: build the model from the config instead of the previous stage's, "
+                        "and train that stage even if it finished")
     t.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     t.set_defaults(fn=_train)
 

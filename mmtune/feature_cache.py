@@ -11,8 +11,10 @@ is switched.
 Decoding a video costs more than a small encoder's forward, so the cache also keeps decoded
 media (`loader`), keyed by the file's identity (real path, size, modification time): the
 decode is deterministic for a given encoder (its frame count and sampling), and preprocessing
-still runs on every read. Both stores share one memory budget (`train.feature_cache_mb`);
-past it, new media are simply not kept.
+still runs on every read; media that are not tensors (PIL images) are not kept. Both stores
+share one memory budget (`train.feature_cache_mb`); past it, new media are simply not kept.
+Decoding runs where the data is read: each DataLoader worker keeps its own decoded media,
+within its own budget.
 """
 from __future__ import annotations
 
@@ -68,10 +70,10 @@ class FeatureCache:
             self.hits += len(keys)
             return torch.stack([self.store[k] for k in keys])
         features = encoder(media[missing])
-        fresh = dict(zip((keys[i] for i in missing), features))
+        fresh = dict(zip((keys[i] for i in missing), features))  # views into this batch's output
         for k, f in fresh.items():
             if self._fits(f.nbytes):
-                self.store[k] = f
+                self.store[k] = f.clone()  # a kept view would hold the whole batch's memory
                 self.feature_bytes += f.nbytes
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)

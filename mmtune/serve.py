@@ -106,7 +106,7 @@ def build_app(run: str | Path, max_new_tokens: int = 32, temperature: float = 0.
     from .train.run import recipe_of
 
     name = recipe_of(run)
-    if name is not None and RECIPES.get(name).page == "edit":
+    if name in RECIPES and RECIPES.get(name).page == "edit":
         return edit_app(run)
     return chat_app(run, max_new_tokens, temperature, top_p)
 

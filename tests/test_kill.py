@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmtune.synth import text
 
@@ -74,3 +75,9 @@ def test_twenty_kills_lose_nothing(tmp_path):
     assert losses(run) == losses(reference)  # every step once, with the uninterrupted losses
     assert len(list((run / "sft").glob("checkpoint-*"))) == 3  # keep_last, the newest kept
     assert (run / "model" / "mmtune_config.json").exists() and (run / "train_summary.json").exists()
+    from safetensors.torch import load_file  # the final weights, written once, bit for bit
+
+    files = sorted(f.relative_to(reference / "model") for f in (reference / "model").rglob("*.safetensors"))
+    assert files and all(
+        all(torch.equal(a, load_file(run / "model" / f)[k]) for k, a in load_file(reference / "model" / f).items())
+        for f in files)

@@ -168,3 +168,34 @@ def test_final_weights_written_once_and_a_rerun_does_nothing(shapes, tmp_path, c
     shutil.rmtree(tmp_path / "model")
     summary = llava_main(cfg, tmp_path, evaluate=False)
     assert summary["stages"]["finetune"]["resumed_from"] == 2 and (tmp_path / "model").is_dir()
+
+
+def test_rerun_rules_changed_settings_no_resume_and_skipped_stages(shapes, tmp_path):
+    """A finished stage with other settings is an error that touches nothing; --no-resume
+    trains a stage again and retires what it led to; a stage trained after a rerun skipped the
+    one before it draws the random numbers (LoRA init, dropout) of the uninterrupted run."""
+    from mmtune.train.finish import StageChangedError
+
+    over = ["stages.pretrain.max_steps=2", "stages.finetune.max_steps=3", "train.save_every=1",
+            "stages.pretrain.batch_size=4", "stages.finetune.batch_size=4", "train.log_every=1",
+            "model.llm.lora.r=4", "model.llm.lora.dropout=0.3"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    llava_main(small_cfg(shapes, *over), whole, evaluate=False)
+    llava_main(small_cfg(shapes, *over), parts, stages=["pretrain"], evaluate=False)
+    assert (parts / "pretrain" / "model").is_dir() and not (parts / "model").exists()
+    llava_main(small_cfg(shapes, *over), parts, evaluate=False)  # skips pretrain, trains finetune
+    assert _losses(parts, "finetune") == _losses(whole, "finetune")
+
+    config = (whole / "config.yaml").read_text()
+    with pytest.raises(StageChangedError, match="stage 'pretrain'.*--no-resume"):
+        llava_main(small_cfg(shapes, *over, "stages.pretrain.lr=5e-4"), whole, evaluate=False)
+    assert (whole / "config.yaml").read_text() == config  # nothing was touched
+
+    stamp = (whole / "pretrain" / "model" / "projectors.safetensors").stat().st_mtime_ns
+    llava_main(small_cfg(shapes, *over, "stages.finetune.lr=5e-4"), whole, stages=["finetune"], resume=False,
+               evaluate=False)  # finetune again, from the same pretrain model
+    assert (whole / "pretrain" / "model" / "projectors.safetensors").stat().st_mtime_ns == stamp
+    assert (whole / "model").is_dir() and _losses(whole, "finetune") != _losses(parts, "finetune")
+    llava_main(small_cfg(shapes, *over), whole, stages=["pretrain"], resume=False, evaluate=False)
+    assert not (whole / "model").exists()  # built on the pretrain model it replaced: retired
+    assert sorted(p.name for p in (whole / "pretrain").iterdir()) == ["checkpoint-1", "model"]

@@ -106,13 +106,33 @@ def evaluate_run(model: MultimodalLM, cfg: RecipeConfig, data_file: Path, device
                        device, tuple(cfg.eval.separate_splits), probes)
 
 
+def stage_model_dir(cfg, run_dir: Path, name: str) -> Path:
+    """Where stage `name` saves its model: the config's last stage saves the run's model
+    (`run_dir/model`, written once), an earlier one `run_dir/<name>/model`, where the next
+    stage starts from."""
+    return Path(run_dir) / "model" if name == list(cfg.stages)[-1] else Path(run_dir) / name / "model"
+
+
+def newest_model(cfg, run_dir: Path) -> Path | None:
+    """The model of the latest stage (in the config's order) that finished, or None."""
+    for name in reversed(list(cfg.stages)):
+        path = stage_model_dir(cfg, run_dir, name)
+        if (path / "mmtune_config.json").exists():
+            return path
+    return None
+
+
 def load_run(run_dir: str | Path) -> tuple[RecipeConfig, MultimodalLM]:
-    """A finished run's resolved config and trained model."""
+    """A run's resolved config and its newest trained model (`model/`, or the latest finished
+    stage's when the run stopped earlier, e.g. `--stage pretrain`)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model" / "mmtune_config.json").exists():
-        raise FileNotFoundError(f"{run_dir} holds no trained model (expected {run_dir}/model/mmtune_config.json)")
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = from_dict(RecipeConfig, load_yaml(run_dir / "config.yaml"), f"{run_dir / 'config.yaml'}: ")
-    return cfg, MultimodalLM.from_pretrained(run_dir / "model")
+    model = newest_model(cfg, run_dir)
+    if model is None:
+        raise FileNotFoundError(f"{run_dir} holds no trained model (expected {run_dir}/model/mmtune_config.json)")
+    return cfg, MultimodalLM.from_pretrained(model)
 
 
 def evaluate_saved_run(run_dir: Path, data: str | None = None) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..diffusion.config import STAGE, EditRecipeConfig, edit_config_from_run
 from ..registry import RECIPES, Recipe
 from ..train import checkpoint as ckpt
-from ..train import engine
+from ..train import engine, finish
 from ..train.run import start_run, write_json
 from ..train.stage import run_stage
 from .common import eval_data, load_config, packaged_configs, stage_data
@@ -41,11 +41,22 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     stage = cfg.stages[STAGE]
     data_file = stage_data(cfg, stage)
     run_dir = Path(run_dir)
+    out = run_dir / "model"
+    print_ = finish.fingerprint(cfg.model, stage, cfg.edit, str(data_file.resolve()), cfg.train.seed)
+    [skip] = finish.skipped_stages([(STAGE, out, print_)], resume, fresh)  # changed settings: an error, here
     accelerator = start_run("instruct_pix2pix", cfg, cfg.train, run_dir)
-    if resume and ckpt.published(run_dir / "model"):  # its pipeline exists: finished earlier
-        accelerator.print(f"[{STAGE}] finished earlier: {run_dir / 'model'}")
-        done = run_dir / "train_summary.json"
-        return json.loads(done.read_text()) if done.exists() else {"stage": STAGE, "finished_earlier": True}
+    test_file = eval_data(cfg)
+    if skip:  # its pipeline is published: finished earlier; evaluated again only if that never ended
+        accelerator.print(f"[{STAGE}] finished earlier: {out}")
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        if (evaluate and accelerator.is_main_process and not (run_dir / "eval.json").exists()
+                and test_file is not None and test_file.exists()):
+            summary["eval"] = evaluate_edit_run(run_dir, cfg, test_file, accelerator.device)
+        accelerator.wait_for_everyone()
+        return summary
+    if accelerator.is_main_process:
+        finish.retire(run_dir / STAGE, [out], checkpoints_too=not resume)
+    accelerator.wait_for_everyone()
     parts = build_components(cfg.model)
     accelerator.print(_parameter_table(parts))
     triplets, bad = read_triplets(data_file, cfg.train.on_bad_sample == "skip")
@@ -72,12 +83,11 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     if shard is not None:  # gathered once (collective); rank 0 saves an unsharded twin
         parts.unet = unsharded_unet(parts.unet, engine.full_state_dict(parts.unet))
     if accelerator.is_main_process:  # the pipeline, published in one rename: the stage's end
+        write_json(run_dir / "train_summary.json", summary)  # first: a kill between them retrains
         parts.unet.to("cpu")
-        tmp = ckpt.begin_save(run_dir / "model")
+        tmp = ckpt.begin_save(out)
         parts.pipeline().save_pretrained(tmp)
-        ckpt.publish(tmp, run_dir / "model")
-        write_json(run_dir / "train_summary.json", summary)
-        test_file = eval_data(cfg)
+        finish.publish(tmp, out, STAGE, print_)
         if evaluate and test_file is not None and test_file.exists():
             summary["eval"] = evaluate_edit_run(run_dir, cfg, test_file, accelerator.device)
     accelerator.wait_for_everyone()

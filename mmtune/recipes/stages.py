@@ -18,15 +18,16 @@ from ..model import MultimodalLM
 from ..registry import Recipe
 from ..train.evaluate import print_qa_eval
 from ..train import checkpoint as ckpt
+from ..train import finish
 from ..train import engine
 from ..train.flops import MFUMeter
 from ..train.loop import LanguageModelObjective
 from ..train.params import parameter_rows, parameter_table, set_trainable
-from ..train.run import start_run, write_json
+from ..train.run import seed_everything, start_run, write_json
 from ..train.speed import configure
 from ..train.stage import run_stage
 from .common import (eval_data, evaluate_run, evaluate_saved_run, load_recipe_config, packaged_configs,
-                     stage_data, training_data)
+                     stage_data, stage_model_dir, training_data)
 
 
 def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list[str] | None = None,
@@ -39,28 +40,38 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         raise ValueError(f"unknown stage(s) {unknown}; this config has {list(cfg.stages)}")
     for name in names:
         stage_data(cfg, cfg.stages[name])  # no data: fail before building anything
+    order = list(cfg.stages)
+    # Which stages finished earlier (their model is published with the same settings); a
+    # changed one is an error here, before the run folder is touched.
+    skips = finish.skipped_stages([(n, stage_model_dir(cfg, run_dir, n), _fingerprint(cfg, n)) for n in names],
+                                  resume, fresh)
     accelerator = start_run(recipe, cfg, cfg.train, run_dir)
     # FSDP (an `accelerate launch --config_file fsdp.yaml` run): mmtune's engine shards the model
     # itself, on CPU+gloo as on GPU+NCCL (accelerate would silently skip it without a GPU).
     shard_cfg = engine.launch_shard_config()
     shard = partial(engine.shard, cfg=shard_cfg) if shard_cfg is not None else None
-    earlier = _summary(run_dir) if resume else {}
-    summary: dict = {"stages": {}}
+    summary: dict = {"stages": _summary(run_dir)}  # stages an earlier run finished keep their figures
     t0 = time.perf_counter()
     objective = LanguageModelObjective(head_at_labels=cfg.train.head_at_labels)
     model: MultimodalLM | None = None  # built or loaded when a stage needs it
     start_from: Path | None = None  # the model of the last stage that finished earlier
-    for name in names:
+    for name, skip in zip(names, skips):
         out = stage_model_dir(cfg, run_dir, name)
-        if resume and ckpt.published(out):  # its model exists: the stage finished earlier
+        if skip:
             accelerator.print(f"[{name}] finished earlier: {out}")
-            summary["stages"][name] = earlier.get(name, {"stage": name, "finished_earlier": True})
             model, start_from = None, out
             continue
+        if accelerator.is_main_process:  # what an older version of this stage led to is stale now
+            later = [stage_model_dir(cfg, run_dir, n) for n in order[order.index(name):]]
+            finish.retire(run_dir / name, later, checkpoints_too=not resume)
+        accelerator.wait_for_everyone()
         if model is None:
             model = _initial_model(cfg, run_dir, name, fresh, start_from)
             if cfg.train.gradient_checkpointing:
                 accelerator.print(f"gradient checkpointing: {model.enable_gradient_checkpointing()}")
+        # Each stage draws from its own seed, so a stage run after a rerun skipped the ones
+        # before it sees the random numbers (LoRA init, dropout) the uninterrupted run saw.
+        seed_everything(cfg.train.seed + order.index(name))
         stage = cfg.stages[name]
         set_trainable(model, stage.train, f"stages.{name}.train")
         accelerator.print(f"[{name}] trainable parameters\n{parameter_table(model)}")
@@ -75,17 +86,17 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         summary["stages"][name] = result
         if result["steps"] < result["max_steps"]:  # stopped early on purpose: no stage model
             return summary
-        _save_model(model, out, accelerator, sharded=shard is not None)
+        summary["train_seconds"] = round(time.perf_counter() - t0, 2)
+        if accelerator.is_main_process:  # before the model: a kill between them retrains the stage
+            write_json(run_dir / "train_summary.json", summary)
+        _save_model(model, out, accelerator, name, _fingerprint(cfg, name), sharded=shard is not None)
         start_from = out
         if shard is not None:  # the next stage (or the evaluation) loads the gathered model
             model = None
-        if accelerator.is_main_process:  # after each stage: a kill later keeps this stage's figures
-            write_json(run_dir / "train_summary.json", summary)
-    summary["train_seconds"] = round(time.perf_counter() - t0, 2)
     if accelerator.is_main_process:
-        write_json(run_dir / "train_summary.json", summary)
         test_file = eval_data(cfg)
-        if evaluate and test_file is not None and test_file.exists():
+        fresh_eval = not all(skips) or not (run_dir / "eval.json").exists()  # a finished rerun keeps its eval
+        if evaluate and fresh_eval and test_file is not None and test_file.exists():
             if model is None:  # the stages finished earlier, or were sharded: their saved model
                 model = MultimodalLM.from_pretrained(start_from)
             summary["eval"] = evaluate_run(model, cfg, test_file, accelerator.device)
@@ -94,11 +105,12 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
     return summary
 
 
-def stage_model_dir(cfg: RecipeConfig, run_dir: Path, name: str) -> Path:
-    """Where stage `name` saves its model: the config's last stage saves the run's model
-    (`run_dir/model`, written once), an earlier one `run_dir/<name>/model`, where the next
-    stage starts from."""
-    return run_dir / "model" if name == list(cfg.stages)[-1] else run_dir / name / "model"
+def _fingerprint(cfg: RecipeConfig, name: str) -> str:
+    """What stage `name`'s weights depend on: the model, the stages up to it, their data."""
+    order = list(cfg.stages)
+    upto = order[: order.index(name) + 1]
+    return finish.fingerprint(cfg.model, [cfg.stages[n] for n in upto],
+                              [str(stage_data(cfg, cfg.stages[n]).resolve()) for n in upto], cfg.train.seed)
 
 
 def _summary(run_dir: Path) -> dict:
@@ -107,7 +119,7 @@ def _summary(run_dir: Path) -> dict:
     return json.loads(path.read_text()).get("stages", {}) if path.exists() else {}
 
 
-def _save_model(model: MultimodalLM, out: Path, accelerator, sharded: bool) -> None:
+def _save_model(model: MultimodalLM, out: Path, accelerator, stage: str, print_: str, sharded: bool) -> None:
     """The model in its normal formats, written once from the main process into a temporary
     folder and published by one rename (the stage's end). A sharded model is gathered
     (collective) and written by rank 0."""
@@ -117,7 +129,7 @@ def _save_model(model: MultimodalLM, out: Path, accelerator, sharded: bool) -> N
     elif accelerator.is_main_process:
         model.save_pretrained(tmp)
     if accelerator.is_main_process:
-        ckpt.publish(tmp, out)
+        finish.publish(tmp, out, stage, print_)
     accelerator.wait_for_everyone()
 
 
@@ -147,7 +159,7 @@ def _initial_model(cfg: RecipeConfig, run_dir: Path, first_stage: str, fresh: bo
     if not before or fresh:
         return MultimodalLM.build(cfg.model)
     saved = stage_model_dir(cfg, run_dir, before[-1])
-    if not (saved / "mmtune_config.json").exists():
+    if finish.published(saved) is None:
         if cfg.model.init_from:
             return MultimodalLM.build(cfg.model)
         raise FileNotFoundError(f"stage {first_stage!r} starts from stage {before[-1]!r}'s model, but "

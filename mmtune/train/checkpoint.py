@@ -11,8 +11,8 @@ work since the previous one, and loaded without running any code.
 
 A checkpoint is written into `.checkpoint-<step>.tmp`, every file fsynced, and renamed into
 place in one step; a complete checkpoint is never rewritten. A stage's last step gets no
-checkpoint: the stage's model, published the same way, records the end (`publish`), so a
-finished run holds its final weights once. `latest_checkpoint` skips (and
+checkpoint: the stage's model, published the same way, records the end (train/finish.py), so
+a finished run holds its final weights once. `latest_checkpoint` skips (and
 says so) any checkpoint it cannot read and falls back to the one before.
 """
 from __future__ import annotations
@@ -135,24 +135,6 @@ def finish_save(tmp: Path, path: Path, step: int, world: int) -> None:
         shutil.rmtree(path)
     os.replace(tmp, path)
     _fsync(path.parent)
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """Main process: a folder written in full at `tmp` (a stage's model) becomes `path` in one
-    rename, its files fsynced first, so a folder at `path` is always complete: a finished
-    stage is recognised by it (see `published`). An older one there is replaced."""
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            _fsync(f)
-    _fsync(tmp)
-    if path.exists():  # an earlier run's, trained again (--fresh, no resume)
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def published(path: Path) -> bool:
-    return Path(path).is_dir()
 
 
 # --------------------------------------------------------------------------- load

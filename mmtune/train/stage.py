@@ -89,11 +89,11 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     found = ckpt.latest_checkpoint(stage_dir, world, accelerator.print) if resume else None
     if found is not None:
         start, cursor, hook_state = ckpt.load_checkpoint(found, model, optimizer, scheduler, rank)
-        for hook in hooks:
-            if sharded:  # saved whole; cut like the hook's own (sharded) state
-                from .engine import shard_like
+        if sharded and hooks:  # saved whole; cut like the hooks' own (sharded) state
+            from .engine import shard_like
 
-                hook_state = shard_like(hook_state, hook.state_dict())
+            hook_state = shard_like(hook_state, {k: v for hook in hooks for k, v in hook.state_dict().items()})
+        for hook in hooks:
             hook.load_state_dict(hook_state)
         accelerator.print(f"[{name}] resumed from {found} at step {start}")
     log.truncate_after(name, start)  # lines a killed run logged past the point we resume from
