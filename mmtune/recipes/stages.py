@@ -17,7 +17,7 @@ from ..config import RecipeConfig
 from ..model import MultimodalLM
 from ..registry import Recipe
 from ..train.evaluate import print_qa_eval
-from ..train import engine
+from ..train import deepspeed as zero, engine
 from ..train.flops import MFUMeter
 from ..train.loop import LanguageModelObjective
 from ..train.params import parameter_rows, parameter_table, set_trainable
@@ -81,6 +81,9 @@ def _save_model(model: MultimodalLM, out: Path, accelerator, sharded: bool) -> M
     """The model in its normal formats, written once from the main process. A sharded model is
     gathered (collective) and written by rank 0; the next stage starts from that file, unsharded
     (the engine shards it again with that stage's trainable set)."""
+    if zero.engaged(accelerator):  # the weights live in the engine's partitions: gathered once
+        zero.save_consolidated(accelerator, model, out)
+        return MultimodalLM.from_pretrained(out, trainable_adapter=True)
     if not sharded:
         if accelerator.is_main_process:
             model.save_pretrained(out)
