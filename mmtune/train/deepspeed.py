@@ -89,6 +89,10 @@ def configure(accelerator, stage, say=print) -> None:
             say(f"deepspeed config {key}={old} replaced by the stage's {value}")
         ds[key] = value
     accelerator.gradient_accumulation_steps = stage.grad_accum
+    if ds.get("zero_optimization", {}).get("stage") == 3 and stage.grad_accum > 1:
+        say("warning: ZeRO-3 with grad_accum > 1 hung here (DeepSpeed 0.19.8, 2 CPU processes) on a step "
+            "where one rank's micro-batches had no image and the other's had images; ZeRO-2, or ZeRO-3 "
+            "with grad_accum 1, ran such steps")
 
 
 def engine_of(model) -> "object | None":
@@ -103,19 +107,26 @@ def engine_of(model) -> "object | None":
 class StepOps:
     """The loop's step through a DeepSpeedEngine. The loop's loss is already normalised over
     the whole step (all micro-batches and ranks), so the engine must not divide it again by
-    the accumulation steps (scale_wrt_gas=False); the last micro-batch is the boundary where
-    ZeRO reduces gradients, and `engine.step()` clips (gradient_clipping = the stage's
-    max_grad_norm), updates, and skips the update on a non-finite gradient norm."""
+    the accumulation steps (scale_wrt_gas=False). Accumulation is DeepSpeed's own: `step()`
+    after every micro-batch, which updates only at the boundary its counter reaches after
+    `gradient_accumulation_steps` (= the stage's grad_accum) micro-batches; `sync` checks the
+    loop and the engine agree on it. At the boundary `step()` clips (gradient_clipping = the
+    stage's max_grad_norm), updates, and skips the update on a non-finite gradient norm."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
 
     def sync(self, last: bool):
-        self.engine.set_gradient_accumulation_boundary(last)
+        if last != self.engine.is_gradient_accumulation_boundary():
+            raise RuntimeError(f"DeepSpeed's accumulation boundary is out of step with the loop's (last "
+                               f"micro-batch: {last}); gradient_accumulation_steps="
+                               f"{self.engine.gradient_accumulation_steps()}")
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()  # counts the micro-batch; no update
 
     def update(self, optimizer, params, max_grad_norm: float, loss_finite: bool) -> tuple[float, bool]:
         self.engine.step()
