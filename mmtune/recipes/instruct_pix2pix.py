@@ -21,7 +21,7 @@ from pathlib import Path
 from ..diffusion.config import STAGE, EditRecipeConfig, edit_config_from_run
 from ..registry import RECIPES, Recipe
 from ..train import checkpoint as ckpt
-from ..train import engine, finish
+from ..train import deepspeed as zero, engine, finish
 from ..train.run import start_run, write_json
 from ..train.stage import run_stage
 from .common import eval_data, load_config, packaged_configs, stage_data
@@ -69,6 +69,9 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
     parts.vae.to(device)
     parts.text_encoder.to(device)
     parts.unet.requires_grad_(True)
+    if cfg.edit.ema_decay > 0 and zero.zero_stage(accelerator) == 3:  # its weights are partitions there
+        raise ValueError("edit.ema_decay > 0 under DeepSpeed ZeRO-3: the EMA would average weight partitions; "
+                         "launch with fsdp.yaml (the EMA is kept per shard) or zero2.yaml")
     hooks = (EmaHook(cfg.edit.ema_decay),) if cfg.edit.ema_decay > 0 else ()
     # FSDP (an `accelerate launch --config_file fsdp.yaml` run): the UNet is sharded block by
     # block by mmtune's engine; the frozen VAE and text encoder stay whole on every process.
@@ -82,6 +85,8 @@ def main(cfg: EditRecipeConfig, run_dir: str | Path, stages: list[str] | None = 
         return summary
     if shard is not None:  # gathered once (collective); rank 0 saves an unsharded twin
         parts.unet = unsharded_unet(parts.unet, engine.full_state_dict(parts.unet))
+    elif zero.engaged(accelerator):  # the same from DeepSpeed's partitions (ZeRO-3) or its whole weights
+        parts.unet = unsharded_unet(parts.unet, zero.gathered_state(parts.unet, accelerator.is_main_process))
     if accelerator.is_main_process:  # the pipeline, published in one rename: the stage's end
         write_json(run_dir / "train_summary.json", summary)  # first: a kill between them retrains
         parts.unet.to("cpu")

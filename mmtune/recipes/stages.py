@@ -18,8 +18,7 @@ from ..model import MultimodalLM
 from ..registry import Recipe
 from ..train.evaluate import print_qa_eval
 from ..train import checkpoint as ckpt
-from ..train import finish
-from ..train import engine
+from ..train import deepspeed as zero, engine, finish
 from ..train.flops import MFUMeter
 from ..train.loop import LanguageModelObjective
 from ..train.params import parameter_rows, parameter_table, set_trainable
@@ -91,7 +90,7 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
             write_json(run_dir / "train_summary.json", summary)
         _save_model(model, out, accelerator, name, _fingerprint(cfg, name), sharded=shard is not None)
         start_from = out
-        if shard is not None:  # the next stage (or the evaluation) loads the gathered model
+        if shard is not None or zero.engaged(accelerator):  # next stage (or evaluation) loads the gathered model
             model = None
     if accelerator.is_main_process:
         test_file = eval_data(cfg)
@@ -124,7 +123,9 @@ def _save_model(model: MultimodalLM, out: Path, accelerator, stage: str, print_:
     folder and published by one rename (the stage's end). A sharded model is gathered
     (collective) and written by rank 0."""
     tmp = ckpt.begin_save(out) if accelerator.is_main_process else ckpt.tmp_dir(out)
-    if sharded:
+    if zero.engaged(accelerator):  # the weights live in DeepSpeed's partitions: gathered once
+        zero.save_consolidated(accelerator, model, tmp)
+    elif sharded:
         engine.save_consolidated(model, tmp)
     elif accelerator.is_main_process:
         model.save_pretrained(tmp)

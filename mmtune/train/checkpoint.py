@@ -7,6 +7,8 @@ work since the previous one, and loaded without running any code.
       optimizer.pt            optimizer state: tensors and numbers only (loads weights_only=True)
       scheduler.json          learning-rate schedule position
       rank-<r>.json           each process's RNG states and data cursor
+      sharded/ | deepspeed/   under FSDP / DeepSpeed ZeRO, instead of the weights and optimizer
+                              files: each rank's shards (torch DCP / the engine's own files)
       progress.json           {"step", "world"}: written last; its presence marks completeness
 
 A checkpoint is written into `.checkpoint-<step>.tmp`, every file fsynced, and renamed into
@@ -36,6 +38,7 @@ OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.json"
 PROGRESS = "progress.json"
 SHARDED = "sharded"  # under FSDP: weights and optimizer state, one file per rank (torch DCP)
+DEEPSPEED = "deepspeed"  # under DeepSpeed ZeRO: the engine's own checkpoint, one optimizer file per rank
 
 
 class CheckpointError(RuntimeError):
@@ -112,6 +115,13 @@ def write_sharded_state(tmp: Path, model, optimizer) -> None:
     save_sharded(tmp / SHARDED, model, optimizer)
 
 
+def write_deepspeed_state(tmp: Path, engine) -> None:
+    """Every process under DeepSpeed: its ZeRO partitions, written by the engine itself."""
+    from .deepspeed import save_state
+
+    save_state(tmp / DEEPSPEED, engine)
+
+
 def write_main_state(tmp: Path, model, optimizer, scheduler, hooks: dict[str, torch.Tensor],
                      sharded: bool = False) -> None:
     """Main process: weights and optimizer (processes hold the same ones under DDP; under FSDP
@@ -153,6 +163,10 @@ def check_complete(path: Path, world: int) -> dict:
                                   "resume on the same number of processes")
         if (path / SHARDED).is_dir():
             whole = [f"{SHARDED}/.metadata"]
+        elif (path / DEEPSPEED).is_dir():
+            from .deepspeed import required_files
+
+            whole = [f"{DEEPSPEED}/{f}" for f in required_files(path / DEEPSPEED, world)]
         else:
             with safe_open(path / WEIGHTS, framework="pt"):
                 pass
@@ -184,10 +198,19 @@ def latest_checkpoint(stage_dir: Path, world: int = 1, say=print) -> Path | None
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> tuple[int, int, dict[str, torch.Tensor]]:
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int,
+                    engine=None) -> tuple[int, int, dict[str, torch.Tensor]]:
     """Restore in place; returns (step, this process's data cursor, hook state). A sharded
-    (FSDP) checkpoint loads into the identically sharded model (collective)."""
-    if (path / SHARDED).is_dir():
+    (FSDP) checkpoint loads into the identically sharded model, a DeepSpeed one into the
+    DeepSpeedEngine `engine` (both collective)."""
+    if (path / DEEPSPEED).is_dir() or engine is not None:
+        if engine is None or not (path / DEEPSPEED).is_dir():
+            raise CheckpointError(f"{path} was {'' if engine is None else 'not '}written under DeepSpeed; "
+                                  "resume it under the launch config that wrote it")
+        from .deepspeed import load_state
+
+        load_state(path / DEEPSPEED, engine)
+    elif (path / SHARDED).is_dir():
         from .engine import load_sharded
 
         load_sharded(path / SHARDED, model, optimizer)

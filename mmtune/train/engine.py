@@ -18,6 +18,7 @@ away as they are with bf16 weights.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,27 @@ def no_sync(model: nn.Module, enabled: bool = True) -> Iterator[None]:
         model.set_requires_gradient_sync(True)
 
 
+class StepOps:
+    """The loop's step for a model this engine sharded: FSDP2's own no-sync and a gradient
+    norm over every shard (DTensor gradients)."""
+
+    def __init__(self, model: nn.Module, accelerator) -> None:
+        self.model, self.accelerator = model, accelerator
+
+    def sync(self, last: bool):
+        return no_sync(self.model, enabled=not last)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def update(self, optimizer, params, max_grad_norm: float, loss_finite: bool) -> tuple[float, bool]:
+        norm = clip_grad_norm(params, max_grad_norm if max_grad_norm > 0 else math.inf)
+        finite = loss_finite and math.isfinite(norm)
+        if finite:
+            optimizer.step()
+        return norm, finite
+
+
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     """Global gradient norm over every shard, and clipping to it (sharded or whole)."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -209,17 +231,25 @@ def save_consolidated(model: nn.Module, out_dir: str | Path) -> None:
     weights, and saved. Collective: every rank calls it. The twin is built for real, not on the
     meta device, because transformers' `from_pretrained` (parts with local paths) refuses meta;
     rank 0 needs host memory for the gathered state plus one copy of the model."""
-    from ..model import MultimodalLM
-
     state = full_state_dict(model)
     if dist.is_initialized() and dist.get_rank() != 0:
         dist.barrier()
         return
+    save_twin(model, state, out_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_twin(model: nn.Module, state: dict[str, torch.Tensor], out_dir: str | Path) -> None:
+    """One process: an unsharded MultimodalLM built from `model`'s config on CPU, given the
+    gathered whole `state` (the unsharded model's keys), saved in the normal formats.
+    Non-persistent buffers in `state` are ignored; a missing weight is an error."""
+    from ..model import MultimodalLM
+
     with torch.device("cpu"):
         twin = MultimodalLM.build(model.config)
     if hasattr(model.llm, "peft_config"):
         twin.enable_lora()
-    twin.load_state_dict(state)  # copy_ casts fp32 masters back to the config's dtypes
+    keys = twin.state_dict().keys()
+    twin.load_state_dict({k: v for k, v in state.items() if k in keys})  # strict: copy_ casts fp32 masters back
     twin.save_pretrained(out_dir)
-    if dist.is_initialized():
-        dist.barrier()

@@ -148,12 +148,50 @@ class StepResult:
     finite: bool  # False: loss or gradient norm is NaN/inf, and no update was made
 
 
+class AccelerateOps:
+    """The step's engine-specific parts for a plain or accelerate-wrapped (DDP) model; FSDP
+    (train/engine.py) and DeepSpeed (train/deepspeed.py) have their own `StepOps`."""
+
+    def __init__(self, model, accelerator) -> None:
+        self.model, self.accelerator = model, accelerator
+
+    def sync(self, last: bool):
+        """Gradient all-reduce only on the last micro-batch of the step."""
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def update(self, optimizer, params, max_grad_norm: float, loss_finite: bool) -> tuple[float, bool]:
+        """Clip, and update unless the loss or the gradient norm is not finite. The norm is
+        computed even without clipping: a non-finite one must stop the update."""
+        norm = float(self.accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf))
+        finite = loss_finite and math.isfinite(norm)
+        if finite:
+            optimizer.step()
+        return norm, finite
+
+
+def step_ops(model, accelerator, sharded: bool = False):
+    """The step's engine: mmtune's FSDP2 (`sharded`), a DeepSpeedEngine (what accelerate's
+    prepare returned under a DeepSpeed launch), or accelerate's DDP / single process."""
+    if sharded:
+        from .engine import StepOps
+
+        return StepOps(model, accelerator)
+    from .deepspeed import StepOps as DeepSpeedOps, engine_of
+
+    engine = engine_of(model)
+    return DeepSpeedOps(engine) if engine is not None else AccelerateOps(model, accelerator)
+
+
 def train_step(model, micro_batches: list, objective: Objective, optimizer, scheduler, accelerator,
                max_grad_norm: float, params: list[torch.nn.Parameter], sharded: bool = False) -> StepResult:
     """Forward/backward every micro-batch with the step-wide normaliser, then update, unless
     the loss or the gradient norm is not finite (then the gradients are dropped). `sharded`:
     the model is FSDP2-sharded by mmtune's engine (accelerate did not prepare it)."""
     device = accelerator.device
+    ops = step_ops(model, accelerator, sharded)
     local = torch.tensor([float(objective.count(b)) for b in micro_batches], device=device).sum()
     total = accelerator.reduce(local.clone(), reduction="sum")  # counted units, all ranks
     denom = total.clamp(min=1.0)
@@ -162,28 +200,12 @@ def train_step(model, micro_batches: list, objective: Objective, optimizer, sche
     scale = accelerator.num_processes
     summed = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        if sharded:
-            from .engine import no_sync
-
-            sync = no_sync(model, enabled=not last)
-        else:
-            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
-        with sync, accelerator.autocast():
+        with ops.sync(last=i == len(micro_batches) - 1), accelerator.autocast():
             ls = objective.loss_sum(model, batch.to(device))
-        accelerator.backward(ls * scale / denom)
+        ops.backward(ls * scale / denom)
         summed += ls.detach()
-    # The norm is computed even without clipping: a non-finite one must stop the update.
-    if sharded:  # DTensor gradients: the norm over every shard
-        from .engine import clip_grad_norm
-
-        grad_norm = clip_grad_norm(params, max_grad_norm if max_grad_norm > 0 else math.inf)
-    else:
-        grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
     summed = accelerator.reduce(summed, reduction="sum")
-    finite = bool(torch.isfinite(summed)) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
-    if finite:
-        optimizer.step()
+    grad_norm, finite = ops.update(optimizer, params, max_grad_norm, bool(torch.isfinite(summed)))
     scheduler.step()  # the schedule follows the step count, updated or not
     optimizer.zero_grad(set_to_none=True)
     real, computed = (sum(t) for t in zip(*(objective.tokens(b) for b in micro_batches)))

@@ -18,7 +18,8 @@ RUN_FILE = "run.json"  # {"recipe": name}: which recipe's tools read this run fo
 
 def make_accelerator(mixed_precision: str, report_to: list[str] = (), run_dir: Path | None = None):
     """Without a GPU, say so: accelerate then joins `torchrun` / `accelerate launch --multi_gpu`
-    processes over gloo (multi-CPU) instead of running each one alone. `report_to`: accelerate's
+    processes over gloo (multi-CPU) instead of running each one alone; under a DeepSpeed launch
+    it is not told, so that accelerate engages DeepSpeed (train/deepspeed.py). `report_to`: accelerate's
     trackers, writing under run_dir (see train/trackers.py)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -28,8 +29,14 @@ def make_accelerator(mixed_precision: str, report_to: list[str] = (), run_dir: P
         # (the test suite, a notebook) must drop that singleton to change it. The process
         # group (PartialState) is kept.
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
-                       log_with=list(report_to) or None, project_dir=run_dir and tracker_dir(run_dir))
+    from .deepspeed import accelerator_kwargs, build_whole
+
+    kwargs = {"cpu": not torch.cuda.is_available(),
+              **accelerator_kwargs(torch.cuda.is_available())}  # DeepSpeed on CPU too (over gloo)
+    accelerator = Accelerator(mixed_precision=mixed_precision, log_with=list(report_to) or None,
+                              project_dir=run_dir and tracker_dir(run_dir), **kwargs)
+    build_whole(accelerator, accelerator.print)
+    return accelerator
 
 
 def seed_everything(seed: int) -> None:

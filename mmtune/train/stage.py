@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..config import StageConfig, TrainConfig
 from ..data.collate import DataStats
 from . import checkpoint as ckpt
+from . import deepspeed as zero
 from .logging import MetricsLog
 from .loop import (BatchPlan, Objective, Throughput, make_optimizer, make_scheduler, stage_steps, train_step,
                    trainable_parameters)
@@ -85,10 +86,14 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     max_steps = stage_steps(stage, plan.per_epoch)
     optimizer = make_optimizer(params, stage, accelerator.device, kbit=kbit, fused=train.fused_optimizer)
     scheduler = make_scheduler(optimizer, stage, max_steps)
+    zero.configure(accelerator, stage, accelerator.print)  # DeepSpeed's batch, accumulation, clipping
+    # Prepared before a checkpoint is read: a DeepSpeed engine loads its own partitions.
+    wrapped, optimizer = (model, optimizer) if sharded else accelerator.prepare(model, optimizer)
+    ds_engine = zero.engine_of(wrapped)
     start, cursor = 0, 0
     found = ckpt.latest_checkpoint(stage_dir, world, accelerator.print) if resume else None
     if found is not None:
-        start, cursor, hook_state = ckpt.load_checkpoint(found, model, optimizer, scheduler, rank)
+        start, cursor, hook_state = ckpt.load_checkpoint(found, model, optimizer, scheduler, rank, ds_engine)
         if sharded and hooks:  # saved whole; cut like the hooks' own (sharded) state
             from .engine import shard_like
 
@@ -97,7 +102,6 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
             hook.load_state_dict(hook_state)
         accelerator.print(f"[{name}] resumed from {found} at step {start}")
     log.truncate_after(name, start)  # lines a killed run logged past the point we resume from
-    wrapped, optimizer = (model, optimizer) if sharded else accelerator.prepare(model, optimizer)
     # The loader gets its own generator: creating its iterator must not draw from the global
     # RNG, or a resumed run would be one draw out of step with the uninterrupted one.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan.batches_from(cursor), collate_fn=collate_fn,
@@ -157,7 +161,8 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
                        **({"record_ids": [i for b in micro for i in b.ids]} if train.log_record_ids else {})})
             bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{rates['tokens']:.0f}", lr=f"{lr:.2e}")
         if train.save_every and done % train.save_every == 0 and done != max_steps:
-            _save(accelerator, stage_dir, done, cursor, model, optimizer, scheduler, hooks, train.keep_last, sharded)
+            _save(accelerator, stage_dir, done, cursor, model, optimizer, scheduler, hooks, train.keep_last, sharded,
+                  ds_engine)
     bar.close()
     if end == max_steps:  # no checkpoint: the caller publishes the model, the stage's record of its end
         for hook in hooks:
@@ -165,7 +170,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     seconds = time.perf_counter() - t_start
     if stats.dropped:
         accelerator.print(f"[{name}] dropped {len(stats.dropped)} sample(s), e.g. {stats.dropped[0]}")
-    engine = {"fsdp": _shard_sizes(model)} if sharded else {}
+    engine = {"fsdp": _shard_sizes(model)} if sharded else {"deepspeed": zero.summary(ds_engine)} if ds_engine else {}
     return {"stage": name, "steps": end, "max_steps": max_steps, "resumed_from": start, **engine,
             "final_loss": None if result is None else result.loss, "train_seconds": round(seconds, 2),
             "tokens_per_s": round(seen_total / max(seconds, 1e-9), 1), "nonfinite_skipped": skipped_nonfinite,
@@ -192,7 +197,7 @@ def _check_bad_fraction(stats: DataStats, train: TrainConfig, name: str) -> None
 
 
 def _save(accelerator, stage_dir: Path, step: int, cursor: int, model, optimizer, scheduler,
-          hooks: tuple[Hook, ...], keep_last: int, sharded: bool) -> None:
+          hooks: tuple[Hook, ...], keep_last: int, sharded: bool, ds_engine=None) -> None:
     path = stage_dir / f"checkpoint-{step}"
     tmp = ckpt.begin_save(path) if accelerator.is_main_process else ckpt.tmp_dir(path)
     accelerator.wait_for_everyone()
@@ -203,8 +208,10 @@ def _save(accelerator, stage_dir: Path, step: int, cursor: int, model, optimizer
         from .engine import gather_tensors
 
         state = gather_tensors(state)  # collective: hook state sharded like the weights (EMA)
+    elif ds_engine is not None:
+        ckpt.write_deepspeed_state(tmp, ds_engine)  # collective
     if accelerator.is_main_process:
-        ckpt.write_main_state(tmp, model, optimizer, scheduler, state, sharded)
+        ckpt.write_main_state(tmp, model, optimizer, scheduler, state, sharded or ds_engine is not None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ckpt.finish_save(tmp, path, step, accelerator.num_processes)
