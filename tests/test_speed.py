@@ -87,6 +87,9 @@ def test_feature_cache_encodes_each_medium_once(tiny_model):
     model.encoders["image"].requires_grad_(True)  # a trainable encoder never reads the cache
     model.encode_media("image", images)
     assert calls == [3, 3, 3]
+    # Sharded encoder weights (FSDP, ZeRO-3): the forward is a collective every process runs.
+    configure(model, TrainConfig(feature_cache=True), torch.device("cpu"), sharded_weights=True)
+    assert model.feature_caches == {}
 
 
 def test_flop_count_follows_what_trains(tiny_model):

@@ -75,7 +75,8 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         set_trainable(model, stage.train, f"stages.{name}.train")
         accelerator.print(f"[{name}] trainable parameters\n{parameter_table(model)}")
         # Before the data: a frozen encoder's cache also keeps the media the data side decodes.
-        configure(model, cfg.train, accelerator.device)  # attention path, feature cache, compile
+        configure(model, cfg.train, accelerator.device,  # attention path, feature cache, compile
+                  sharded_weights=shard is not None or zero.zero_stage(accelerator) == 3)
         dataset, collate_fn, bad = training_data(model, cfg, stage_data(cfg, stage), stage.chat_template, stage.task)
         result = run_stage(name, model, objective, dataset, collate_fn, stage, cfg.train, accelerator, run_dir,
                            resume=resume, stop_after=stop_after, kbit=bool(model.config.llm.quantize), skipped=bad,

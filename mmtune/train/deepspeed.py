@@ -96,10 +96,6 @@ def configure(accelerator, stage, say=print) -> None:
             say(f"deepspeed config {key}={old} replaced by the stage's {value}")
         ds[key] = value
     accelerator.gradient_accumulation_steps = stage.grad_accum
-    if ds.get("zero_optimization", {}).get("stage") == 3 and stage.grad_accum > 1:
-        say("warning: ZeRO-3 with grad_accum > 1 hung here (DeepSpeed 0.19.8, 2 CPU processes) on a step "
-            "where one rank's micro-batches had no image and the other's had images; ZeRO-2, or ZeRO-3 "
-            "with grad_accum 1, ran such steps")
 
 
 def engine_of(model) -> "object | None":

@@ -28,9 +28,13 @@ def attention_for(train: TrainConfig, device: torch.device) -> str:
     return "varlen"
 
 
-def configure(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> None:
+def configure(model: torch.nn.Module, train: TrainConfig, device: torch.device,
+              sharded_weights: bool = False) -> None:
+    """`sharded_weights`: the encoders' weights will be partitioned across processes (FSDP,
+    ZeRO-3). Their forward is then a collective every process must run, so no feature cache:
+    a process whose media were all cached would skip it while another ran it, and hang."""
     set_attention(model.llm, attention_for(train, device))
-    if train.feature_cache:
+    if train.feature_cache and not sharded_weights:
         # Kept across stages: the cache empties itself when the encoder's weights change.
         budget = train.feature_cache_mb << 20
         model.feature_caches = {m: model.feature_caches.get(m) or FeatureCache(budget) for m in model.encoders}
