@@ -144,3 +144,34 @@ def test_instruct_pix2pix_under_zero3(tmp_path):
     # Each rank exits 2 with the one-line error; the launcher reports the failure as 1.
     assert refused.returncode != 0 and "edit.ema_decay > 0 under DeepSpeed ZeRO-3" in refused.stderr, refused.stderr[-2000:]
     assert not (tmp_path / "ema" / "train").exists()  # refused before any step
+
+
+@pytest.mark.slow
+def test_qlora_under_zero3_matches_one_process(tmp_path):
+    """QLoRA (nf4 base, LoRA adapters trained) under ZeRO-3 on 2 processes: the same losses as
+    1 process on the same global batch, and an adapter saved in peft's format."""
+    from mmtune.synth.text import generate as generate_text
+    from test_qlora import save_llama
+
+    data, base = tmp_path / "data", tmp_path / "base"
+    generate_text(data, n_train=16, n_test=4, seed=1)
+    save_llama(base)
+    over = [f"model.llm.path={base}", "model.llm.lora.dropout=0", "max_steps=3", "train.threads=1",
+            "train.log_every=1", "eval.limit=2"]
+
+    def run(out: Path, launch: list[str], batch: int) -> list[float]:
+        cmd = [*launch, "-m", "mmtune.cli", "train", "qlora", "--config", "tiny", "--output-dir", str(out),
+               "--data", str(data), *over, f"stages.sft.batch_size={batch}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return losses(out)
+
+    one = run(tmp_path / "one", [sys.executable], 4)
+    two = run(tmp_path / "zero3", [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                                   str(launch_config("zero3")), "--num_processes", "2", "--main_process_port",
+                                   str(free_port()), "--mixed_precision", "no"], 2)
+    ds = json.loads((tmp_path / "zero3" / "train_summary.json").read_text())["stages"]["sft"]["deepspeed"]
+    assert ds["zero_stage"] == 3 and ds["optimizer_local_numel"] < 0.6 * ds["numel"], ds
+    assert two == pytest.approx(one, abs=1e-5)
+    assert (tmp_path / "zero3" / "model" / "llm_adapter" / "adapter_model.safetensors").exists()
