@@ -161,7 +161,9 @@ def _initial_model(cfg: RecipeConfig, run_dir: Path, first_stage: str, fresh: bo
     if not before or fresh:
         return MultimodalLM.build(cfg.model)
     saved = stage_model_dir(cfg, run_dir, before[-1])
-    if finish.published(saved) is None:
+    # Any complete model folder there is a start (one placed by hand too); only a skip needs
+    # the stage record `finish.publish` writes.
+    if not (saved / "mmtune_config.json").exists():
         if cfg.model.init_from:
             return MultimodalLM.build(cfg.model)
         raise FileNotFoundError(f"stage {first_stage!r} starts from stage {before[-1]!r}'s model, but "
