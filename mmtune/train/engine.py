@@ -204,9 +204,10 @@ def load_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
 
 
 def gather_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Whole tensors for a dict that may hold DTensor shards (e.g. a hook's EMA weights), on
-    every rank; collective when any is sharded."""
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+    """Whole tensors on CPU for a dict that may hold DTensor shards (e.g. a hook's EMA
+    weights), on every rank; collective when any is sharded. One tensor at a time is whole on
+    the device, so a checkpoint never holds a second whole UNet there."""
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).cpu() for k, v in state.items()}
 
 
 def shard_like(state: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
