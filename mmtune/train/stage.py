@@ -62,7 +62,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
     """Train `model`'s trainable parameters on `dataset` for the stage's steps.
 
     Checkpoints go to `run_dir/name/checkpoint-<step>` every `train.save_every` steps, but not
-    after the last step: the caller then saves the model (`checkpoint.publish`), which is what
+    after the last step: the caller then saves the model (`finish.publish`), which is what
     marks the stage finished. With `resume`, the newest readable checkpoint is loaded and
     training continues from its step with the same data and random numbers.
     `stop_after` ends the loop early (as if interrupted): used to test resume. `skipped`: the
