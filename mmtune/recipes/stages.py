@@ -42,8 +42,8 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
     order = list(cfg.stages)
     # Which stages finished earlier (their model is published with the same settings); a
     # changed one is an error here, before the run folder is touched.
-    skips = finish.skipped_stages([(n, stage_model_dir(cfg, run_dir, n), _fingerprint(cfg, n)) for n in names],
-                                  resume, fresh)
+    prints = {n: _fingerprint(cfg, n) for n in names}
+    skips = finish.skipped_stages([(n, stage_model_dir(cfg, run_dir, n), prints[n]) for n in names], resume, fresh)
     accelerator = start_run(recipe, cfg, cfg.train, run_dir)
     # FSDP (an `accelerate launch --config_file fsdp.yaml` run): mmtune's engine shards the model
     # itself, on CPU+gloo as on GPU+NCCL (accelerate would silently skip it without a GPU).
@@ -89,7 +89,7 @@ def run_stages(recipe: str, cfg: RecipeConfig, run_dir: str | Path, stages: list
         summary["train_seconds"] = round(time.perf_counter() - t0, 2)
         if accelerator.is_main_process:  # before the model: a kill between them retrains the stage
             write_json(run_dir / "train_summary.json", summary)
-        _save_model(model, out, accelerator, name, _fingerprint(cfg, name), sharded=shard is not None)
+        _save_model(model, out, accelerator, name, prints[name], sharded=shard is not None)
         start_from = out
         if shard is not None or zero.engaged(accelerator):  # next stage (or evaluation) loads the gathered model
             model = None

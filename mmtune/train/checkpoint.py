@@ -261,6 +261,21 @@ def prune(stage_dir: Path, keep_last: int, world: int) -> None:
         except CheckpointError:
             if good == 0:  # newer than every good one: not ours to judge
                 continue
-        trash = path.parent / f".{path.name}.trash"
-        os.replace(path, trash)
+        discard(path)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename `path` to a hidden `.<name>.trash` beside it (None when absent), so a kill while
+    it is deleted never leaves half of it under its own name."""
+    if not path.exists():
+        return None
+    trash = path.parent / f".{path.name}.trash"
+    os.replace(path, trash)
+    return trash
+
+
+def discard(path: Path) -> None:
+    """Delete `path` (a checkpoint, a stale model), set aside first."""
+    trash = set_aside(path)
+    if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)

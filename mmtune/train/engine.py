@@ -162,11 +162,10 @@ class StepOps:
         self.accelerator.backward(loss)
 
     def update(self, optimizer, params, max_grad_norm: float, loss_finite: bool) -> tuple[float, bool]:
-        norm = clip_grad_norm(params, max_grad_norm if max_grad_norm > 0 else math.inf)
-        finite = loss_finite and math.isfinite(norm)
-        if finite:
-            optimizer.step()
-        return norm, finite
+        from .loop import step_if_finite
+
+        return step_if_finite(optimizer, clip_grad_norm(params, max_grad_norm if max_grad_norm > 0 else math.inf),
+                              loss_finite)
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:

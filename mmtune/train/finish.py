@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpoint import _fsync, _fsync_write, checkpoints
+from .checkpoint import _fsync, _fsync_write, checkpoints, discard, set_aside
 
 STAGE_FILE = "stage.json"
 
@@ -40,12 +40,11 @@ def publish(tmp: Path, path: Path, stage: str, print_: str) -> None:
         if f.is_file():
             _fsync(f)
     _fsync(tmp)
-    trash = path.parent / f".{path.name}.trash"
-    if path.exists():
-        os.replace(path, trash)
+    trash = set_aside(path)
     os.replace(tmp, path)
     _fsync(path.parent)
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def published(path: Path) -> dict | None:
@@ -82,6 +81,4 @@ def retire(stage_dir: Path, stale_models: list[Path], checkpoints_too: bool) -> 
     if checkpoints_too:
         doomed += checkpoints(stage_dir)
     for path in doomed:
-        trash = path.parent / f".{path.name}.trash"
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        discard(path)

@@ -166,10 +166,15 @@ class AccelerateOps:
         """Clip, and update unless the loss or the gradient norm is not finite. The norm is
         computed even without clipping: a non-finite one must stop the update."""
         norm = float(self.accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf))
-        finite = loss_finite and math.isfinite(norm)
-        if finite:
-            optimizer.step()
-        return norm, finite
+        return step_if_finite(optimizer, norm, loss_finite)
+
+
+def step_if_finite(optimizer, grad_norm: float, loss_finite: bool) -> tuple[float, bool]:
+    """Update unless the step's loss or gradient norm is not finite; (norm, updated)."""
+    finite = loss_finite and math.isfinite(grad_norm)
+    if finite:
+        optimizer.step()
+    return grad_norm, finite
 
 
 def step_ops(model, accelerator, sharded: bool = False):

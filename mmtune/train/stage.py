@@ -97,7 +97,7 @@ def run_stage(name: str, model: torch.nn.Module, objective: Objective, dataset, 
         if sharded and hooks:  # saved whole; cut like the hooks' own (sharded) state
             from .engine import shard_like
 
-            hook_state = shard_like(hook_state, {k: v for hook in hooks for k, v in hook.state_dict().items()})
+            hook_state = shard_like(hook_state, _hook_state(hooks))
         for hook in hooks:
             hook.load_state_dict(hook_state)
         accelerator.print(f"[{name}] resumed from {found} at step {start}")
@@ -196,13 +196,18 @@ def _check_bad_fraction(stats: DataStats, train: TrainConfig, name: str) -> None
                            f"e.g. {stats.dropped[:3]}")
 
 
+def _hook_state(hooks: tuple[Hook, ...]) -> dict[str, torch.Tensor]:
+    """Every hook's state in one dict: what a checkpoint stores and a resume hands back."""
+    return {k: v for hook in hooks for k, v in hook.state_dict().items()}
+
+
 def _save(accelerator, stage_dir: Path, step: int, cursor: int, model, optimizer, scheduler,
           hooks: tuple[Hook, ...], keep_last: int, sharded: bool, ds_engine=None) -> None:
     path = stage_dir / f"checkpoint-{step}"
     tmp = ckpt.begin_save(path) if accelerator.is_main_process else ckpt.tmp_dir(path)
     accelerator.wait_for_everyone()
     ckpt.write_rank_state(tmp, accelerator.process_index, cursor)
-    state = {k: v for hook in hooks for k, v in hook.state_dict().items()}
+    state = _hook_state(hooks)
     if sharded:
         ckpt.write_sharded_state(tmp, model, optimizer)  # collective
         from .engine import gather_tensors
